@@ -1,0 +1,62 @@
+package dagio
+
+import (
+	"context"
+	"testing"
+
+	"github.com/ipfs/boxo/blockservice"
+	"github.com/ipfs/boxo/blockstore"
+	mdag "github.com/ipfs/boxo/ipld/merkledag"
+	ds "github.com/ipfs/go-datastore"
+	dssync "github.com/ipfs/go-datastore/sync"
+	ipld "github.com/ipfs/go-ipld-format"
+
+	"github.com/quarrynet/quarry/internal/keystream"
+)
+
+func memDAG() ipld.DAGService {
+	bs := blockstore.NewBlockstore(dssync.MutexWrap(ds.NewMapDatastore()))
+	return mdag.NewDAGService(blockservice.New(bs, nil))
+}
+
+// Reference root CIDs from ../shared/testdata/kubo-cids.md (IPFS Kubo 0.43.0).
+// A = kubo-v1, B = kubo, D = unixfs-v1-2025.
+var kuboFileCIDs = []struct {
+	size             int
+	kuboV1, kubo, v1 string
+}{
+	{0, "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku", "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH", "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"},
+	{262144, "bafkreicrtk72fc7wopohko736g5gk44qmiyrq3zt225a5x4fl26nv5nape", "QmSgAFYc1KwNMeyytM1o7DJY9QXVmsQavyjUnT263Y9EXe", "bafkreicrtk72fc7wopohko736g5gk44qmiyrq3zt225a5x4fl26nv5nape"},
+	{262145, "bafybeigiwqo3gami5vi4gwpsnqexap72qlqcq4lxzb7oq3gwrfjpb375mu", "QmP38sdWocDmoeApS7jgATtFSqZQYrbsPVAjy9ikzi9GWz", "bafkreiaeneoz2kcct5z5jbuo3bog77a5o7bw4iyvzpfotaddyqmidgy4be"},
+	{1048576, "bafybeib4ag5zwaogltt6ppc5razw55quot6omlat7twzn66dpafj4mbrsy", "QmedqvTN8fPhyf1e3mr6ngVmvK8wepUHj7VsYXJXopxkJK", "bafkreiczcjsfz7lxm5xdgwe7ehwapxm7ximslkyix65viz4y2pa5fgu3yi"},
+	{10485760, "bafybeielu7mo3j2o2kq2cdzy7duemrm3cgthvkcwardrwpaupfjdgbend4", "QmVA2bJzKCjTsixY6mPxyrqrZQ9tvmLJ5CVjZ5zGKEKLYY", "bafybeidnkmjukflv4cjfnv3pbjxhs25budu6hg5tjngilrezxqveletscu"},
+}
+
+func TestImportFileMatchesKubo(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range kuboFileCIDs {
+		for profile, want := range map[string]string{"kubo-v1": tc.kuboV1, "kubo": tc.kubo, "unixfs-v1-2025": tc.v1} {
+			p, err := ProfileByName(profile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := ImportFile(ctx, memDAG(), keystream.Reader(0, int64(tc.size)), p)
+			if err != nil {
+				t.Fatalf("%s/%d: %v", profile, tc.size, err)
+			}
+			if got := n.Cid().String(); got != want {
+				t.Errorf("%s, %d bytes: root %s, Kubo gives %s", profile, tc.size, got, want)
+			}
+		}
+	}
+}
+
+func TestUnknownProfile(t *testing.T) {
+	if _, err := ProfileByName("kubo-v9"); err == nil {
+		t.Fatal("unknown profile accepted")
+	}
+	p, err := ProfileByName("")
+	if err != nil || p.Name != DefaultProfile {
+		t.Fatalf("empty name gives %q, %v; want the default", p.Name, err)
+	}
+}
