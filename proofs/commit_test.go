@@ -1,0 +1,330 @@
+package proofs
+
+import (
+	"bytes"
+	"errors"
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"github.com/ipfs/go-cid"
+	"github.com/multiformats/go-multihash"
+)
+
+func randBytes(r *rand.Rand, n int) []byte {
+	b := make([]byte, n)
+	for i := 0; i < n; i += 8 {
+		v := r.Uint64()
+		for j := 0; j < 8 && i+j < n; j++ {
+			b[i+j] = byte(v >> (8 * j))
+		}
+	}
+	return b
+}
+
+// edgeSizes are sizes around every boundary the code treats specially:
+// leaves, the stored subtree, chunks, the zero-copy threshold.
+var edgeSizes = []int{
+	0, 1, 127, LeafSize - 1, LeafSize, LeafSize + 1, 2 * LeafSize, 2*LeafSize + 1, 3 * LeafSize,
+	StoredSubtreeSize - 1, StoredSubtreeSize, StoredSubtreeSize + 1, 2*StoredSubtreeSize + 7,
+	chunkSize - 1, chunkSize, chunkSize + 1, 2*chunkSize + LeafSize + 3,
+	zeroCopyMin - 1, zeroCopyMin, zeroCopyMin + chunkSize/2,
+}
+
+func layersBytes(t *testing.T, l *Layers) []byte {
+	t.Helper()
+	b, err := l.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// writeSplit feeds data to w in pieces of random length up to max.
+func writeSplit(t *testing.T, c *Committer, r *rand.Rand, data []byte, maxWrite int) {
+	t.Helper()
+	for len(data) > 0 {
+		n := min(len(data), 1+r.IntN(maxWrite))
+		if m, err := c.Write(data[:n]); err != nil || m != n {
+			t.Fatalf("Write(%d) = %d, %v", n, m, err)
+		}
+		data = data[n:]
+	}
+}
+
+func TestCommitMatchesReference(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for _, size := range edgeSizes {
+		data := randBytes(r, size)
+		want := refCommit(data)
+		wantStored := refStoredLevel(data)
+
+		got, l, err := CommitBytesLayers(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("size %d: CommitBytes = %v, reference %v", size, got, want)
+		}
+		if l.Commitment() != want {
+			t.Fatalf("size %d: layers commitment %v", size, l.Commitment())
+		}
+		if len(l.level[0]) != len(wantStored) || (len(wantStored) > 0 && !equalHashes(l.level[0], wantStored)) {
+			t.Fatalf("size %d: stored level has %d nodes, reference %d", size, len(l.level[0]), len(wantStored))
+		}
+		// Streaming in odd-sized writes, from tiny to several chunks.
+		for _, maxWrite := range []int{1 + r.IntN(3000), 3 * chunkSize, zeroCopyMin + chunkSize} {
+			c := NewCommitter()
+			writeSplit(t, c, r, data, maxWrite)
+			got2, l2, err := c.Finish()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got2 != want || !bytes.Equal(layersBytes(t, l2), layersBytes(t, l)) {
+				t.Fatalf("size %d, writes up to %d: committer %v, reference %v", size, maxWrite, got2, want)
+			}
+		}
+	}
+}
+
+func equalHashes(a, b []Hash) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestCommitRandomSizes(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for i := 0; i < 40; i++ {
+		size := r.IntN(3 * chunkSize)
+		if i%4 == 0 {
+			size = r.IntN(4 * LeafSize)
+		}
+		data := randBytes(r, size)
+		c := NewCommitter()
+		writeSplit(t, c, r, data, 1+r.IntN(1<<18))
+		got, _, err := c.Finish()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := refCommit(data); got != want {
+			t.Fatalf("size %d: %v, reference %v", size, got, want)
+		}
+	}
+}
+
+func TestCommitEmptyAndZeros(t *testing.T) {
+	empty, err := CommitBytes(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if empty.Root != refLeaf(nil) || empty.Size != 0 || empty.Height() != 0 || empty.PaddedSize() != LeafSize || empty.Leaves() != 0 {
+		t.Fatalf("empty piece: %+v", empty)
+	}
+	// A leaf of zeros has the empty piece's root but not its commitment.
+	zeros, _ := CommitBytes(make([]byte, LeafSize))
+	if zeros.Root != empty.Root || zeros == empty || zeros.String() == empty.String() {
+		t.Fatalf("zero leaf %v vs empty %v", zeros, empty)
+	}
+}
+
+func TestCommitmentGeometry(t *testing.T) {
+	for _, tc := range []struct {
+		size           uint64
+		height, leaves int
+	}{
+		{0, 0, 0}, {1, 0, 1}, {LeafSize, 0, 1}, {LeafSize + 1, 1, 2}, {2 * LeafSize, 1, 2},
+		{2*LeafSize + 1, 2, 3}, {1 << 30, 20, 1 << 20}, {1<<30 + 1, 21, 1<<20 + 1}, {MaxPieceSize, MaxPieceHeight, 1 << MaxPieceHeight},
+	} {
+		c := Commitment{Size: tc.size}
+		if c.Height() != tc.height || c.Leaves() != uint64(tc.leaves) || c.PaddedSize() != uint64(LeafSize)<<tc.height {
+			t.Errorf("size %d: height %d leaves %d padded %d; want %d %d", tc.size, c.Height(), c.Leaves(), c.PaddedSize(), tc.height, tc.leaves)
+		}
+	}
+}
+
+func TestCommitmentEncoding(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	for _, size := range []uint64{0, 1, LeafSize, LeafSize + 1, 1 << 30, 1<<30 + 1, MaxPieceSize} {
+		c := Commitment{Size: size}
+		copy(c.Root[:], randBytes(r, 32))
+		s := c.String()
+		if !strings.HasPrefix(s, "b") {
+			t.Fatalf("%q is not multibase base32", s)
+		}
+		got, err := ParseCommitment(s)
+		if err != nil || got != c {
+			t.Fatalf("ParseCommitment(%q) = %v, %v; want %v", s, got, err, c)
+		}
+		// Any CID library reads it as CIDv1 raw with our multihash.
+		id, err := cid.Decode(s)
+		if err != nil || id.Version() != 1 || id.Type() != cid.Raw || id.Prefix().MhType != MultihashCode {
+			t.Fatalf("cid.Decode(%q) = %v, %v", s, id.Prefix(), err)
+		}
+		b, err := c.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back Commitment
+		if err := back.UnmarshalBinary(b); err != nil || back != c {
+			t.Fatalf("UnmarshalBinary = %v, %v; want %v", back, err, c)
+		}
+		if !bytes.Equal(b, id.Bytes()) {
+			t.Fatal("binary form is not the CID's bytes")
+		}
+		for i := range b { // every truncation fails
+			if err := back.UnmarshalBinary(b[:i]); err == nil {
+				t.Fatalf("truncated to %d bytes: accepted", i)
+			}
+		}
+	}
+	if _, err := (Commitment{Size: MaxPieceSize + 1}).MarshalBinary(); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("oversized piece: %v", err)
+	}
+}
+
+func TestParseCommitmentRejects(t *testing.T) {
+	mk := func(code uint64, digest []byte) string {
+		mh, err := multihash.Encode(digest, code)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cid.NewCidV1(cid.Raw, mh).String()
+	}
+	root := make([]byte, 32)
+	good := append([]byte{0x00, 0x00}, root...) // padding 0, height 0: one full leaf
+	if _, err := ParseCommitment(mk(MultihashCode, good)); err != nil {
+		t.Fatalf("control case: %v", err)
+	}
+	sha, _ := multihash.Sum([]byte("x"), multihash.SHA2_256, -1)
+	for name, s := range map[string]string{
+		"garbage":             "not a cid",
+		"cidv0":               cid.NewCidV0(sha).String(),
+		"dag-pb codec":        cid.NewCidV1(cid.DagProtobuf, mustMH(t, good)).String(),
+		"sha2-256 multihash":  cid.NewCidV1(cid.Raw, sha).String(),
+		"short digest":        mk(MultihashCode, good[:33]),
+		"long digest":         mk(MultihashCode, append(append([]byte{}, good...), 0)),
+		"height too big":      mk(MultihashCode, append([]byte{0x00, MaxPieceHeight + 1}, root...)),
+		"padding > padded":    mk(MultihashCode, append([]byte{0x81, 0x08, 0x00}, root...)),  // 1025 > 1024
+		"height not minimal":  mk(MultihashCode, append([]byte{0x80, 0x08, 0x01}, root...)),  // 1024 bytes in height 1
+		"non-minimal uvarint": mk(MultihashCode, append([]byte{0x80, 0x00, 0x00}, root...)), // 0 as two bytes
+	} {
+		if _, err := ParseCommitment(s); !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrTooLarge) {
+			t.Errorf("%s: ParseCommitment(%q) = %v, want ErrMalformed", name, s, err)
+		}
+	}
+}
+
+func mustMH(t *testing.T, digest []byte) multihash.Multihash {
+	mh, err := multihash.Encode(digest, MultihashCode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mh
+}
+
+func TestCommitterDeferred(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	for _, prefixLen := range []int{0, 1, 57, 127, LeafSize - 1, LeafSize} {
+		for _, rest := range []int{0, 1, LeafSize, StoredSubtreeSize, chunkSize - prefixLen, chunkSize, 3*chunkSize + 5, zeroCopyMin + LeafSize} {
+			data := randBytes(r, prefixLen+rest)
+			want, wl, err := CommitBytesLayers(data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, maxWrite := range []int{700, zeroCopyMin + chunkSize} {
+				c := NewCommitterDeferred(prefixLen)
+				writeSplit(t, c, r, data[prefixLen:], maxWrite)
+				got, gl, err := c.FinishWithPrefix(data[:prefixLen])
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got != want || !bytes.Equal(layersBytes(t, gl), layersBytes(t, wl)) {
+					t.Fatalf("prefix %d + %d bytes (writes ≤ %d): %v, want %v", prefixLen, rest, maxWrite, got, want)
+				}
+			}
+		}
+	}
+}
+
+func TestCommitterMisuse(t *testing.T) {
+	c := NewCommitter()
+	c.Write([]byte("abc"))
+	if _, _, err := c.FinishWithPrefix(nil); !errors.Is(err, ErrUsage) {
+		t.Errorf("FinishWithPrefix on plain committer: %v", err)
+	}
+	if _, _, err := c.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("x")); !errors.Is(err, ErrUsage) {
+		t.Errorf("Write after Finish: %v", err)
+	}
+	if _, _, err := c.Finish(); !errors.Is(err, ErrUsage) {
+		t.Errorf("second Finish: %v", err)
+	}
+	d := NewCommitterDeferred(10)
+	if _, _, err := d.Finish(); !errors.Is(err, ErrUsage) {
+		t.Errorf("Finish on deferred: %v", err)
+	}
+	if _, _, err := d.FinishWithPrefix(make([]byte, 9)); !errors.Is(err, ErrUsage) {
+		t.Errorf("short prefix: %v", err)
+	}
+	if _, _, err := NewCommitterDeferred(LeafSize + 1).FinishWithPrefix(make([]byte, LeafSize+1)); !errors.Is(err, ErrUsage) {
+		t.Errorf("prefix longer than a leaf: %v", err)
+	}
+	if _, _, err := NewCommitterDeferred(-1).FinishWithPrefix(nil); !errors.Is(err, ErrUsage) {
+		t.Errorf("negative prefix: %v", err)
+	}
+}
+
+func TestLayersEncoding(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 10))
+	for _, size := range []int{0, 1, LeafSize + 1, StoredSubtreeSize + 1, 5*StoredSubtreeSize + 3, 4 << 20} {
+		data := randBytes(r, size)
+		c, l, err := CommitBytesLayers(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := layersBytes(t, l)
+		// 32 bytes per stored subtree holding data, plus a small header.
+		nodes := (size + StoredSubtreeSize - 1) / StoredSubtreeSize
+		if len(b) > 32*nodes+72 {
+			t.Errorf("size %d: layers take %d bytes", size, len(b))
+		}
+		back, err := UnmarshalLayers(b)
+		if err != nil || back.Commitment() != c || !bytes.Equal(layersBytes(t, back), b) {
+			t.Fatalf("size %d: UnmarshalLayers = %v, %v", size, back, err)
+		}
+		for i := range b {
+			if err := func() error { _, err := UnmarshalLayers(b[:i]); return err }(); err == nil {
+				t.Fatalf("size %d: truncated layers to %d bytes accepted", size, i)
+			}
+		}
+		// Any flipped bit is caught: by the root check, or by the framing.
+		for i := 0; i < len(b)*8; i += 1 + r.IntN(13) {
+			bad := bytes.Clone(b)
+			bad[i/8] ^= 1 << (i % 8)
+			if _, err := UnmarshalLayers(bad); err == nil {
+				t.Fatalf("size %d: bit %d flipped, layers accepted", size, i)
+			}
+		}
+	}
+}
+
+// TestLayersSizePerGiB checks the stored cost without hashing a GiB: the
+// stored level of a 1 GiB piece is one node per 64 KiB.
+func TestLayersSizePerGiB(t *testing.T) {
+	base := make([]Hash, (1<<30)/StoredSubtreeSize)
+	l := newLayers(defaultShape, 1<<30, 20, defaultShape.storedLevel, base)
+	b := layersBytes(t, l)
+	if len(b) > 512<<10+72 {
+		t.Fatalf("layers of a 1 GiB piece take %d bytes", len(b))
+	}
+	t.Logf("layers of a 1 GiB piece: %d bytes stored", len(b))
+}

@@ -1,0 +1,109 @@
+// Package proofs is Quarry's proof-of-data-possession core: piece
+// commitments, proof sets, challenge derivation, proving and verifying. It is
+// pure computation — no network, no clock, no goroutines that outlive a call,
+// no global state — so that the ledger can run [Verify] deterministically on
+// every replica and storage miners can run [ProofSet.Prove] against their own
+// store. The caller owns all I/O: the prover reads piece bytes through an
+// [io.ReaderAt] and stored layers the caller kept, and nothing here writes
+// anywhere.
+//
+// # Piece commitment
+//
+// A piece (the CARv1 serialisation of a deal's DAG) is cut into leaves of
+// [LeafSize] bytes and zero-padded to a power-of-two number of leaves (at
+// least one). The commitment is the root of a binary SHA-256 Merkle tree over
+// those leaves with domain separation between levels:
+//
+//	leaf = SHA-256(0x00 || leaf bytes)          // exactly LeafSize bytes, zero-padded
+//	node = SHA-256(0x01 || left || right)
+//
+// so no leaf can be passed off as an inner node or the other way round. The
+// tree is defined over the zero-padded byte string, which makes every padding
+// subtree a constant (precomputed once per height): padding costs no hashing
+// and no storage. A [Commitment] is the root plus the unpadded size in bytes;
+// the height and padded size follow from the size. It prints as a CIDv1
+// (multibase base32, codec raw, multihash [MultihashCode] from the private-use
+// range) whose digest is uvarint(padding bytes) || height || root, the same
+// layout as Filecoin's piece CID v2 (FRC-0069), so it is self-describing and
+// parses with any CID library. Its binary form is the CID's bytes.
+//
+// LeafSize is 1 KiB. Hashing a leaf costs LeafSize+1 bytes of SHA-256 and
+// every inner node two 64-byte blocks, so larger leaves cut inner-node work,
+// while a challenge's proof carries one whole leaf plus one 32-byte sibling
+// per level. At 1 KiB the nodes add about a fifth to the hashing and a
+// challenge over a 1 GiB piece costs 1 KiB of leaf plus 640 bytes of path;
+// docs/proofs.md has the measurements behind the choice.
+//
+// # Committing and stored layers
+//
+// A [Committer] is an io.Writer over the piece bytes. It hashes 1 MiB chunks
+// on up to GOMAXPROCS goroutines (each chunk is independent up to the stored
+// level, so chunks need no coordination) and keeps only the nodes at the
+// stored level, one per 64 KiB of piece ([StoredSubtreeSize]). Finish folds
+// them into the root and returns them as [Layers]: 32 bytes per 64 KiB, i.e.
+// 512 KiB per GiB of piece on disk (twice that in memory, with the levels
+// above rebuilt). Working memory is a few chunk buffers regardless of the
+// piece size.
+//
+// The store writes a piece whose first bytes (a CARv1 header naming the root
+// CID) are known only at the end. [NewCommitterDeferred] accepts the stream
+// from offset prefixLen on and treats the prefix as zeros; leaf 0 sits on the
+// left spine of the first stored subtree, so the committer keeps that leaf's
+// remaining bytes and the right-hand siblings along the spine, and
+// [Committer.FinishWithPrefix] rehashes leaf 0 and folds the spine — a handful
+// of hashes — giving exactly what [NewCommitter] would have given.
+//
+// # Proof sets
+//
+// A [ProofSet] is the ordered list of pieces a miner has committed to prove,
+// kept in slots. Removing a piece empties its slot; adding a piece fills the
+// lowest empty slot or appends. Over the slots sits a Merkle sum tree: each
+// entry commits to a piece and carries its number of data leaves (leaves that
+// hold at least one byte of the piece; padding is never challenged), and each
+// node commits to its children's hashes and leaf counts:
+//
+//	entry = SHA-256(0x02 || piece root || uint64 size)          // count = data leaves
+//	node  = SHA-256(0x03 || left || uint64 lcount || right || uint64 rcount)
+//	empty slot = 32 zero bytes, count 0
+//
+// The proof-set root therefore binds the total leaf count and lays the pieces'
+// data leaves end to end: global leaf g belongs to the slot whose range
+// [start, start+count) holds it, and the start is the sum of the counts of the
+// left siblings on the slot's path. A verifier holding only the root learns
+// both the total and where any leaf lives from the path itself.
+//
+// # Challenges
+//
+// [Challenges] derives K global leaf indexes from the 32-byte seed the ledger
+// supplies: index j is SHA-256("quarry/proofs/v1/challenge" || seed ||
+// uint64 j), read as a 128-bit integer x and mapped to floor(x·N / 2^128)
+// where N is the total number of data leaves. Indexes are independent and
+// uniform over all data leaves, so each piece is challenged in proportion to
+// its size, with bias below N/2^128, using only fixed-width integer
+// arithmetic — no maps, no floating point, the same on every platform.
+//
+// # Proving and verifying
+//
+// For each challenge the prover locates the slot and local leaf, reads the
+// one stored subtree (at most 64 KiB) holding the leaf, rehashes it — which
+// both yields the path's lower part and checks the stored bytes against the
+// stored layers, reporting [ErrCorrupt] rather than sending a proof that will
+// fail — and takes the rest of the path from the layers and the set's sum
+// tree. A [Proof] holds, per challenge, the leaf bytes, the piece path and the
+// set path up to the proof-set root.
+//
+// [Verify] takes the proof-set root, the seed, K and a proof, rederives the
+// challenges and checks each path: O(K·(log piece + log set)) hashes, with
+// every length and count checked before use, so hostile input can neither
+// panic it nor make it allocate. Proofs travel as canonical protobuf
+// (quarry.proofs.v1.Proof): [UnmarshalProof] bounds the input, rejects
+// unknown fields and accepts only the byte string that [Proof.MarshalBinary]
+// would produce, so one proof has one encoding.
+//
+// # Detection
+//
+// A miner missing a fraction f of its data leaves survives one period only if
+// all K independent challenges miss, probability (1-f)^K; it is caught within
+// n periods with probability 1-(1-f)^(K·n). docs/proofs.md tabulates this
+// for [DefaultChallenges] and a test checks it by simulation.
+package proofs
