@@ -1,0 +1,261 @@
+package dagio
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"github.com/ipfs/boxo/blockservice"
+	mdag "github.com/ipfs/boxo/ipld/merkledag"
+	ft "github.com/ipfs/boxo/ipld/unixfs"
+	uio "github.com/ipfs/boxo/ipld/unixfs/io"
+	"github.com/ipfs/boxo/blockstore"
+	blocks "github.com/ipfs/go-block-format"
+	"github.com/ipfs/go-cid"
+	ipld "github.com/ipfs/go-ipld-format"
+)
+
+// BlockGetter gives verified blocks by CID (storage.Store is one).
+type BlockGetter interface {
+	Get(ctx context.Context, c cid.Cid) (blocks.Block, error)
+}
+
+// Errors from the read path.
+var (
+	ErrNotFile = errors.New("dagio: not a UnixFS file")
+	ErrNotDir  = errors.New("dagio: not a UnixFS directory")
+	ErrBadDAG  = errors.New("dagio: malformed UnixFS DAG")
+)
+
+// Cat writes the bytes of the UnixFS file under root to w and returns how
+// many it wrote. Blocks are fetched (and verified, by bg) up to window
+// blocks ahead of the writer on GOMAXPROCS goroutines.
+func Cat(ctx context.Context, bg BlockGetter, root cid.Cid, w io.Writer) (int64, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	workers := max(2, runtime.GOMAXPROCS(0))
+	window := 4 * workers
+	jobs := make(chan *fetch, window)
+	defer close(jobs)
+	for range workers {
+		go func() {
+			for f := range jobs {
+				f.blk, f.err = bg.Get(ctx, f.c)
+				close(f.done)
+			}
+		}()
+	}
+	// queue holds the file's blocks in order, as far as known; expanding an
+	// inner node replaces it with its children. The first `window` entries
+	// are always being fetched; entries pushed back by an expansion keep
+	// their fetch, so at most window × depth blocks are held.
+	queue := []*fetch{{c: root}}
+	var written int64
+	isRoot := true
+	for len(queue) > 0 {
+		for i := 0; i < len(queue) && i < window; i++ {
+			if q := queue[i]; q.done == nil {
+				q.done = make(chan struct{})
+				jobs <- q
+			}
+		}
+		f := queue[0]
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return written, ctx.Err()
+		}
+		if f.err != nil {
+			return written, f.err
+		}
+		data, children, err := fileNode(f.blk, isRoot)
+		if err != nil {
+			return written, err
+		}
+		isRoot = false
+		if len(data) > 0 {
+			n, err := w.Write(data)
+			written += int64(n)
+			if err != nil {
+				return written, err
+			}
+		}
+		queue[0] = nil
+		queue = queue[1:]
+		if len(children) > 0 {
+			next := make([]*fetch, 0, len(children)+len(queue))
+			for _, c := range children {
+				next = append(next, &fetch{c: c})
+			}
+			queue = append(next, queue...)
+		}
+	}
+	return written, nil
+}
+
+type fetch struct {
+	c    cid.Cid
+	blk  blocks.Block
+	err  error
+	done chan struct{}
+}
+
+// fileNode returns the file bytes a block holds itself and the children
+// that follow them.
+func fileNode(b blocks.Block, isRoot bool) ([]byte, []cid.Cid, error) {
+	switch b.Cid().Type() {
+	case cid.Raw:
+		return b.RawData(), nil, nil
+	case cid.DagProtobuf:
+		pn, err := mdag.DecodeProtobuf(b.RawData())
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: %s: %v", ErrBadDAG, b.Cid(), err)
+		}
+		fs, err := ft.FSNodeFromBytes(pn.Data())
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: %s: %v", ErrBadDAG, b.Cid(), err)
+		}
+		switch fs.Type() {
+		case ft.TFile, ft.TRaw:
+		default:
+			if isRoot {
+				return nil, nil, fmt.Errorf("%w: %s is a UnixFS %s", ErrNotFile, b.Cid(), strings.ToLower(fs.Type().String()))
+			}
+			return nil, nil, fmt.Errorf("%w: %s (a %s inside a file)", ErrBadDAG, b.Cid(), fs.Type())
+		}
+		if len(pn.Links()) != fs.NumChildren() {
+			return nil, nil, fmt.Errorf("%w: %s has %d links but %d block sizes", ErrBadDAG, b.Cid(), len(pn.Links()), fs.NumChildren())
+		}
+		children := make([]cid.Cid, len(pn.Links()))
+		for i, l := range pn.Links() {
+			children[i] = l.Cid
+		}
+		return fs.Data(), children, nil
+	default:
+		return nil, nil, fmt.Errorf("%w: %s has codec 0x%x", ErrNotFile, b.Cid(), b.Cid().Type())
+	}
+}
+
+// Entry is one directory entry.
+type Entry struct {
+	Name string `json:"name"`
+	Cid  string `json:"cid"`
+	Size uint64 `json:"size"` // file size for files, DAG size (Tsize) otherwise
+	Type string `json:"type"` // file, directory, symlink
+}
+
+// dagService serves a DAG from a blockstore, offline.
+func dagService(bs blockstore.Blockstore) ipld.DAGService {
+	return mdag.NewDAGService(blockservice.New(bs, nil))
+}
+
+// Ls lists the directory under root (basic or HAMT-sharded), in link order.
+func Ls(ctx context.Context, bs blockstore.Blockstore, root cid.Cid) ([]Entry, error) {
+	dsvc := dagService(bs)
+	n, err := dsvc.Get(ctx, root)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := uio.NewDirectoryFromNode(dsvc, n)
+	if err != nil {
+		if errors.Is(err, uio.ErrNotADir) || errors.Is(err, mdag.ErrNotProtobuf) {
+			return nil, fmt.Errorf("%w: %s", ErrNotDir, root)
+		}
+		return nil, err
+	}
+	links, err := dir.Links(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Entry, 0, len(links))
+	for _, l := range links {
+		e := Entry{Name: l.Name, Cid: l.Cid.String(), Size: l.Size, Type: "file"}
+		child, err := dsvc.Get(ctx, l.Cid)
+		if err != nil {
+			return nil, err
+		}
+		if pn, ok := child.(*mdag.ProtoNode); ok {
+			fs, err := ft.FSNodeFromBytes(pn.Data())
+			if err != nil {
+				return nil, fmt.Errorf("%w: %s: %v", ErrBadDAG, l.Cid, err)
+			}
+			switch fs.Type() {
+			case ft.TDirectory, ft.THAMTShard:
+				e.Type = "directory"
+			case ft.TSymlink:
+				e.Type = "symlink"
+			default:
+				e.Size = fs.FileSize()
+			}
+		} else {
+			e.Size = uint64(len(child.RawData()))
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// Get writes the file or directory tree under root to path, which must not
+// exist. Directories are created with 0755, files with 0644.
+func Get(ctx context.Context, bs blockstore.Blockstore, root cid.Cid, path string) error {
+	if _, err := os.Lstat(path); err == nil {
+		return fmt.Errorf("dagio: %s already exists", path)
+	}
+	return getAny(ctx, bs, dagService(bs), root, path)
+}
+
+func getAny(ctx context.Context, bs blockstore.Blockstore, dsvc ipld.DAGService, c cid.Cid, path string) error {
+	n, err := dsvc.Get(ctx, c)
+	if err != nil {
+		return err
+	}
+	if pn, ok := n.(*mdag.ProtoNode); ok {
+		fs, err := ft.FSNodeFromBytes(pn.Data())
+		if err != nil {
+			return fmt.Errorf("%w: %s: %v", ErrBadDAG, c, err)
+		}
+		switch fs.Type() {
+		case ft.TDirectory, ft.THAMTShard:
+			return getDir(ctx, bs, dsvc, n, path)
+		case ft.TSymlink:
+			return os.Symlink(string(fs.Data()), path)
+		}
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := Cat(ctx, bs, c, f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func getDir(ctx context.Context, bs blockstore.Blockstore, dsvc ipld.DAGService, n ipld.Node, path string) error {
+	dir, err := uio.NewDirectoryFromNode(dsvc, n)
+	if err != nil {
+		return err
+	}
+	if err := os.Mkdir(path, 0o755); err != nil {
+		return err
+	}
+	links, err := dir.Links(ctx)
+	if err != nil {
+		return err
+	}
+	for _, l := range links {
+		if l.Name == "" || l.Name == "." || l.Name == ".." || strings.ContainsAny(l.Name, "/\x00") {
+			return fmt.Errorf("%w: directory %s has an entry named %q", ErrBadDAG, n.Cid(), l.Name)
+		}
+		if err := getAny(ctx, bs, dsvc, l.Cid, filepath.Join(path, l.Name)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
