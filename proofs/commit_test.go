@@ -211,8 +211,8 @@ func TestParseCommitmentRejects(t *testing.T) {
 		"short digest":        mk(MultihashCode, good[:33]),
 		"long digest":         mk(MultihashCode, append(append([]byte{}, good...), 0)),
 		"height too big":      mk(MultihashCode, append([]byte{0x00, MaxPieceHeight + 1}, root...)),
-		"padding > padded":    mk(MultihashCode, append([]byte{0x81, 0x08, 0x00}, root...)),  // 1025 > 1024
-		"height not minimal":  mk(MultihashCode, append([]byte{0x80, 0x08, 0x01}, root...)),  // 1024 bytes in height 1
+		"padding > padded":    mk(MultihashCode, append([]byte{0x81, 0x08, 0x00}, root...)), // 1025 > 1024
+		"height not minimal":  mk(MultihashCode, append([]byte{0x80, 0x08, 0x01}, root...)), // 1024 bytes in height 1
 		"non-minimal uvarint": mk(MultihashCode, append([]byte{0x80, 0x00, 0x00}, root...)), // 0 as two bytes
 	} {
 		if _, err := ParseCommitment(s); !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrTooLarge) {

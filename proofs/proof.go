@@ -1,7 +1,6 @@
 package proofs
 
 import (
-	"bytes"
 	"fmt"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -115,63 +114,151 @@ func ProofFromProto(m *proofsv1.Proof) (*Proof, error) {
 	return p, nil
 }
 
-// UnmarshalProof decodes a proof, accepting only its canonical encoding. It
-// checks the size and repeated-field counts before decoding, so hostile
-// input cannot make it allocate more than a few times MaxProofSize.
+// UnmarshalProof decodes a proof, accepting only its canonical encoding:
+// the bytes MarshalBinary produces (fields in number order, zero scalars and
+// empty bytes omitted, minimal varints, no unknown fields). It decodes
+// strictly by hand, checking every length against the package's bounds
+// before allocating, and makes four allocations whatever the input.
 func UnmarshalProof(b []byte) (*Proof, error) {
 	if len(b) > MaxProofSize {
 		return nil, fmt.Errorf("%w: proof of %d bytes (max %d)", ErrTooLarge, len(b), MaxProofSize)
 	}
-	if err := scanCounts(b, 2, MaxChallenges, func(c []byte) error {
-		return scanCounts(c, 6, MaxSetHeight, nil)
-	}); err != nil {
-		return nil, err
+	d := decoder{b: b}
+	p := new(Proof)
+	p.TotalLeaves = d.uint(1)
+	// First pass: count challenges and path lengths, so the backing arrays
+	// are allocated once and exactly.
+	var k, hashes, nodes int
+	for scan := d; scan.err == nil && len(scan.b) > 0; {
+		before := len(scan.b)
+		scan.bytes(2, false)
+		if scan.err != nil || len(scan.b) == before {
+			break // not a challenge: the pass below reports it
+		}
+		if k++; k > MaxChallenges {
+			return nil, fmt.Errorf("%w: more than %d challenges", ErrTooLarge, MaxChallenges)
+		}
+		hashes += MaxPieceHeight
+		nodes += MaxSetHeight
 	}
-	m := new(proofsv1.Proof)
-	if err := proto.Unmarshal(b, m); err != nil {
-		return nil, fmt.Errorf("%w: proof: %v", ErrMalformed, err)
+	if d.err != nil {
+		return nil, d.err
 	}
-	p, err := ProofFromProto(m)
-	if err != nil {
-		return nil, err
+	data := make([]byte, k*LeafSize)
+	hashBuf := make([]Hash, 0, hashes)
+	nodeBuf := make([]SetNode, 0, nodes)
+	p.Challenges = make([]ChallengeProof, k)
+	for i := range p.Challenges {
+		c := &p.Challenges[i]
+		cd := decoder{b: d.bytes(2, false)}
+		c.Leaf = cd.uint(1)
+		c.Slot = cd.uint(2)
+		c.PieceSize = cd.uint(3)
+		leaf := cd.bytes(4, true)
+		if cd.err == nil && len(leaf) != LeafSize {
+			return nil, fmt.Errorf("%w: challenge %d: leaf of %d bytes, want %d", ErrMalformed, i, len(leaf), LeafSize)
+		}
+		c.Data = data[i*LeafSize : (i+1)*LeafSize : (i+1)*LeafSize]
+		copy(c.Data, leaf)
+		path := cd.bytes(5, true)
+		if len(path)%32 != 0 || len(path)/32 > MaxPieceHeight {
+			return nil, fmt.Errorf("%w: challenge %d: piece path of %d bytes", ErrMalformed, i, len(path))
+		}
+		n := len(hashBuf)
+		for j := 0; j < len(path); j += 32 {
+			hashBuf = append(hashBuf, Hash(path[j:j+32]))
+		}
+		if len(path) > 0 {
+			c.PiecePath = hashBuf[n:len(hashBuf):len(hashBuf)]
+		}
+		n = len(nodeBuf)
+		for cd.err == nil && len(cd.b) > 0 {
+			if len(nodeBuf)-n == MaxSetHeight {
+				return nil, fmt.Errorf("%w: challenge %d: set path longer than %d", ErrMalformed, i, MaxSetHeight)
+			}
+			nd := decoder{b: cd.bytes(6, false)}
+			h := nd.bytes(1, true)
+			leaves := nd.uint(2)
+			if nd.err == nil && len(nd.b) > 0 {
+				nd.err = fmt.Errorf("%w: set node: trailing or out-of-order fields", ErrMalformed)
+			}
+			if nd.err != nil {
+				return nil, nd.err
+			}
+			if len(h) != 32 {
+				return nil, fmt.Errorf("%w: challenge %d: set node hash of %d bytes", ErrMalformed, i, len(h))
+			}
+			nodeBuf = append(nodeBuf, SetNode{Hash: Hash(h), Leaves: leaves})
+		}
+		if cd.err != nil {
+			return nil, cd.err
+		}
+		if len(nodeBuf) > n {
+			c.SetPath = nodeBuf[n:len(nodeBuf):len(nodeBuf)]
+		}
 	}
-	again, err := p.MarshalBinary()
-	if err != nil {
-		return nil, fmt.Errorf("%w: proof: %v", ErrMalformed, err)
+	if d.err == nil && len(d.b) > 0 {
+		d.err = fmt.Errorf("%w: proof: trailing or out-of-order fields", ErrMalformed)
 	}
-	if !bytes.Equal(again, b) {
-		return nil, fmt.Errorf("%w: proof encoding is not canonical", ErrMalformed)
+	if d.err != nil {
+		return nil, d.err
 	}
 	return p, nil
 }
 
-// scanCounts walks the fields of one message and fails if field num, a
-// length-delimited repeated field, occurs more than limit times; each
-// occurrence is passed to sub.
-func scanCounts(b []byte, num protowire.Number, limit int, sub func([]byte) error) error {
-	count := 0
-	for len(b) > 0 {
-		n, typ, tl := protowire.ConsumeTag(b)
-		if tl < 0 {
-			return fmt.Errorf("%w: proof: %v", ErrMalformed, protowire.ParseError(tl))
-		}
-		vl := protowire.ConsumeFieldValue(n, typ, b[tl:])
-		if vl < 0 {
-			return fmt.Errorf("%w: proof: %v", ErrMalformed, protowire.ParseError(vl))
-		}
-		if n == num && typ == protowire.BytesType {
-			count++
-			if count > limit {
-				return fmt.Errorf("%w: proof: more than %d of field %d", ErrTooLarge, limit, num)
-			}
-			if sub != nil {
-				v, _ := protowire.ConsumeBytes(b[tl:])
-				if err := sub(v); err != nil {
-					return err
-				}
-			}
-		}
-		b = b[tl+vl:]
+// decoder reads the fields of one message in the canonical order. Each read
+// takes the next field if it has the expected number, else reports the
+// field's zero value; a field seen with its zero value, a non-minimal varint
+// or a wrong wire type is an error. Once err is set every read is a no-op.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) tag(num protowire.Number, typ protowire.Type) bool {
+	if d.err != nil || len(d.b) == 0 {
+		return false
 	}
-	return nil
+	n, t, l := protowire.ConsumeTag(d.b)
+	if l < 0 || l != protowire.SizeTag(n) {
+		d.err = fmt.Errorf("%w: proof: bad tag", ErrMalformed)
+		return false
+	}
+	if n != num {
+		return false
+	}
+	if t != typ {
+		d.err = fmt.Errorf("%w: proof: field %d has wire type %d", ErrMalformed, n, t)
+		return false
+	}
+	d.b = d.b[l:]
+	return true
+}
+
+func (d *decoder) uint(num protowire.Number) uint64 {
+	if !d.tag(num, protowire.VarintType) {
+		return 0
+	}
+	v, l := protowire.ConsumeVarint(d.b)
+	if l < 0 || l != protowire.SizeVarint(v) || v == 0 {
+		d.err = fmt.Errorf("%w: proof: field %d: bad or non-canonical varint", ErrMalformed, num)
+		return 0
+	}
+	d.b = d.b[l:]
+	return v
+}
+
+// bytes reads a length-delimited field; omitEmpty says the encoder omits it
+// when empty (bytes fields) rather than writing it empty (messages).
+func (d *decoder) bytes(num protowire.Number, omitEmpty bool) []byte {
+	if !d.tag(num, protowire.BytesType) {
+		return nil
+	}
+	v, l := protowire.ConsumeBytes(d.b)
+	if l < 0 || l != protowire.SizeBytes(len(v)) || (omitEmpty && len(v) == 0) {
+		d.err = fmt.Errorf("%w: proof: field %d: bad or non-canonical length", ErrMalformed, num)
+		return nil
+	}
+	d.b = d.b[l:]
+	return v
 }

@@ -1,0 +1,567 @@
+package proofs
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"testing"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	proofsv1 "github.com/quarrynet/quarry/proto/quarry/proofs/v1"
+)
+
+// testStore holds pieces in memory, as a miner's store would on disk.
+type testStore struct {
+	data   map[Hash][]byte
+	layers map[Hash][]byte // serialised, as the store keeps them
+	reads  int64           // bytes read through ReaderAt
+}
+
+func newTestStore() *testStore {
+	return &testStore{data: map[Hash][]byte{}, layers: map[Hash][]byte{}}
+}
+
+func (st *testStore) put(t testing.TB, data []byte) Commitment {
+	t.Helper()
+	c := NewCommitter()
+	c.Write(data)
+	com, l, err := c.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := l.MarshalBinary()
+	st.data[com.Root] = data
+	st.layers[com.Root] = b
+	return com
+}
+
+type countingReader struct {
+	r     io.ReaderAt
+	reads *int64
+}
+
+func (c countingReader) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.r.ReadAt(p, off)
+	*c.reads += int64(n)
+	return n, err
+}
+
+func (st *testStore) OpenPiece(slot uint64, c Commitment) (io.ReaderAt, *Layers, error) {
+	l, err := UnmarshalLayers(st.layers[c.Root])
+	if err != nil {
+		return nil, nil, err
+	}
+	return countingReader{bytes.NewReader(st.data[c.Root]), &st.reads}, l, nil
+}
+
+// fixture is a proof set with its reference twin.
+type fixture struct {
+	st  *testStore
+	set *ProofSet
+	ref refSet
+}
+
+func newFixture() *fixture { return &fixture{st: newTestStore(), set: NewProofSet()} }
+
+func (f *fixture) add(t testing.TB, data []byte) uint64 {
+	t.Helper()
+	c := f.st.put(t, data)
+	slot, err := f.set.Add(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for uint64(len(f.ref)) <= slot {
+		f.ref = append(f.ref, nil)
+	}
+	f.ref[slot] = &refPiece{data: data, c: c}
+	return slot
+}
+
+func (f *fixture) remove(t testing.TB, slot uint64) {
+	t.Helper()
+	if err := f.set.Remove(slot); err != nil {
+		t.Fatal(err)
+	}
+	f.ref[slot] = nil
+}
+
+func (f *fixture) check(t testing.TB, seed [32]byte, k int) *Proof {
+	t.Helper()
+	root, total := f.ref.root()
+	if f.set.Root() != root || f.set.TotalLeaves() != total {
+		t.Fatalf("set root %v/%d, reference %v/%d", f.set.Root(), f.set.TotalLeaves(), root, total)
+	}
+	p, err := f.set.Prove(seed, k, f.st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := p.MarshalBinary()
+	want, _ := f.ref.prove(seed, k).MarshalBinary()
+	if !bytes.Equal(got, want) {
+		t.Fatalf("proof differs from the reference prover's")
+	}
+	if err := Verify(root, seed, k, p); err != nil {
+		t.Fatalf("honest proof rejected: %v", err)
+	}
+	if err := VerifyEncoded(root, seed, k, got); err != nil {
+		t.Fatalf("honest encoded proof rejected: %v", err)
+	}
+	return p
+}
+
+func seedOf(i int) [32]byte {
+	var s [32]byte
+	s[0], s[1], s[31] = byte(i), byte(i>>8), 0x5e
+	return s
+}
+
+func TestProveVerifyEdgeSizes(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	for _, size := range []int{1, 127, LeafSize - 1, LeafSize, LeafSize + 1, 3*LeafSize + 1,
+		StoredSubtreeSize - 1, StoredSubtreeSize, StoredSubtreeSize + 1, 3*StoredSubtreeSize + 100} {
+		f := newFixture()
+		f.add(t, randBytes(r, size))
+		for i := 0; i < 3; i++ {
+			f.check(t, seedOf(i), 1+r.IntN(20))
+		}
+	}
+}
+
+func TestProveVerifyRandomSets(t *testing.T) {
+	r := rand.New(rand.NewPCG(13, 14))
+	for round := 0; round < 6; round++ {
+		f := newFixture()
+		var live []uint64
+		for step := 0; step < 25; step++ {
+			if len(live) > 0 && r.IntN(3) == 0 {
+				i := r.IntN(len(live))
+				f.remove(t, live[i])
+				live = append(live[:i], live[i+1:]...)
+			} else {
+				size := r.IntN(5 * StoredSubtreeSize)
+				if r.IntN(4) == 0 {
+					size = r.IntN(3 * LeafSize)
+				}
+				live = append(live, f.add(t, randBytes(r, size)))
+			}
+			if f.set.TotalLeaves() == 0 {
+				if _, err := f.set.Prove(seedOf(step), 4, f.st); !errors.Is(err, ErrEmptySet) {
+					t.Fatalf("empty set: %v", err)
+				}
+				continue
+			}
+			f.check(t, seedOf(step), 1+r.IntN(16))
+		}
+	}
+}
+
+func TestProofSetSlots(t *testing.T) {
+	s := NewProofSet()
+	if s.Root() != (Hash{}) || s.TotalLeaves() != 0 || s.Len() != 0 {
+		t.Fatal("empty set is not empty")
+	}
+	mk := func(i byte, size uint64) Commitment { return Commitment{Root: Hash{i}, Size: size} }
+	for i := byte(0); i < 5; i++ {
+		slot, err := s.Add(mk(i, uint64(i+1)*LeafSize))
+		if err != nil || slot != uint64(i) {
+			t.Fatalf("Add #%d = %d, %v", i, slot, err)
+		}
+	}
+	// Leaves 0 | 1 2 | 3 4 5 | 6..9 | 10..14.
+	if s.TotalLeaves() != 15 || s.Start(3) != 6 {
+		t.Fatalf("total %d, start(3) %d", s.TotalLeaves(), s.Start(3))
+	}
+	for g, want := range []uint64{0, 1, 1, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 4} {
+		slot, local, err := s.Locate(uint64(g))
+		if err != nil || slot != want || local != uint64(g)-s.Start(slot) {
+			t.Fatalf("Locate(%d) = %d, %d, %v", g, slot, local, err)
+		}
+	}
+	if _, _, err := s.Locate(15); !errors.Is(err, ErrUsage) {
+		t.Fatalf("Locate past the end: %v", err)
+	}
+	before := s.Root()
+	if err := s.Remove(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Remove(1); !errors.Is(err, ErrUsage) {
+		t.Fatalf("double remove: %v", err)
+	}
+	if s.TotalLeaves() != 13 || s.Start(3) != 4 || s.Root() == before {
+		t.Fatalf("after remove: total %d start(3) %d", s.TotalLeaves(), s.Start(3))
+	}
+	// The hole is filled first; re-adding the same piece restores the root.
+	if slot, _ := s.Add(mk(1, 2*LeafSize)); slot != 1 || s.Root() != before {
+		t.Fatalf("re-add went to slot %d, root restored: %v", slot, s.Root() == before)
+	}
+	// Rebuilding from entries gives the same set.
+	s.Remove(3)
+	re, err := NewProofSetFrom(s.Slots(), s.Entries())
+	if err != nil || re.Root() != s.Root() || re.TotalLeaves() != s.TotalLeaves() {
+		t.Fatalf("NewProofSetFrom: %v", err)
+	}
+	if slot, _ := re.Add(mk(9, 1)); slot != 3 {
+		t.Fatalf("rebuilt set refills slot %d, want 3", slot)
+	}
+	if _, err := NewProofSetFrom(2, []SetEntry{{Slot: 2, Piece: mk(1, 1)}}); !errors.Is(err, ErrUsage) {
+		t.Fatalf("entry beyond slots: %v", err)
+	}
+	if _, err := s.Add(Commitment{Size: MaxPieceSize + 1}); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("oversized piece: %v", err)
+	}
+}
+
+func TestChallenges(t *testing.T) {
+	// Fixed vectors guard the derivation against accidental change: the
+	// ledger and every miner must agree on them forever.
+	got, err := Challenges(seedOf(1), 4, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for j, g := range got {
+		if want := refChallenge(seedOf(1), j, 1<<20); g != want {
+			t.Fatalf("challenge %d = %d, reference %d", j, g, want)
+		}
+	}
+	t.Logf("vectors: %v", got)
+	r := rand.New(rand.NewPCG(15, 16))
+	for i := 0; i < 2000; i++ {
+		total := r.Uint64N(MaxTotalLeaves) + 1
+		if i%3 == 0 {
+			total = r.Uint64N(10) + 1
+		}
+		var seed [32]byte
+		copy(seed[:], randBytes(r, 32))
+		j := r.IntN(MaxChallenges)
+		if g, want := challenge(&seed, uint64(j), total), refChallenge(seed, j, total); g != want || g >= total {
+			t.Fatalf("challenge(total %d) = %d, reference %d", total, g, want)
+		}
+	}
+	for _, k := range []int{0, -1, MaxChallenges + 1} {
+		if _, err := Challenges(seedOf(0), k, 10); !errors.Is(err, ErrUsage) {
+			t.Errorf("k=%d: %v", k, err)
+		}
+	}
+	if _, err := Challenges(seedOf(0), 1, 0); !errors.Is(err, ErrEmptySet) {
+		t.Errorf("no leaves: %v", err)
+	}
+}
+
+// TestChallengesSpreadBySize checks that pieces are hit in proportion to
+// their data leaves, with a chi-square test over 4 pieces.
+func TestChallengesSpreadBySize(t *testing.T) {
+	s := NewProofSet()
+	sizes := []uint64{1, 10, 100, 889} // data leaves; total 1000
+	for i, n := range sizes {
+		s.Add(Commitment{Root: Hash{byte(i)}, Size: n * LeafSize})
+	}
+	s.Add(Commitment{Root: Hash{9}, Size: 0}) // empty pieces are never hit
+	hits := make([]float64, len(sizes)+1)
+	const trials = 400
+	for i := 0; i < trials; i++ {
+		idx, _ := Challenges(seedOf(i), MaxChallenges, s.TotalLeaves())
+		for _, g := range idx {
+			slot, _, _ := s.Locate(g)
+			hits[slot]++
+		}
+	}
+	n := float64(trials * MaxChallenges)
+	chi2 := 0.0
+	for i, leaves := range sizes {
+		exp := n * float64(leaves) / 1000
+		chi2 += (hits[i] - exp) * (hits[i] - exp) / exp
+	}
+	// 3 degrees of freedom: P(chi2 > 16.27) = 0.001.
+	if chi2 > 16.27 || hits[len(sizes)] != 0 {
+		t.Fatalf("hits %v, chi2 %.1f", hits, chi2)
+	}
+}
+
+func TestProveReadsOneSubtree(t *testing.T) {
+	r := rand.New(rand.NewPCG(17, 18))
+	f := newFixture()
+	f.add(t, randBytes(r, 40*StoredSubtreeSize+5))
+	f.add(t, randBytes(r, 3*LeafSize))
+	f.st.reads = 0
+	const k = 16
+	f.check(t, seedOf(1), k)
+	if f.st.reads > k*StoredSubtreeSize {
+		t.Fatalf("prove read %d bytes for %d challenges", f.st.reads, k)
+	}
+}
+
+func TestProveDetectsCorruptData(t *testing.T) {
+	r := rand.New(rand.NewPCG(19, 20))
+	f := newFixture()
+	data := randBytes(r, 4*StoredSubtreeSize)
+	c := f.st.put(t, data)
+	f.set.Add(c)
+	bad := bytes.Clone(data)
+	f.st.data[c.Root] = bad
+	for i := range bad {
+		bad[i] ^= 0xff
+	}
+	if _, err := f.set.Prove(seedOf(0), 4, f.st); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("corrupt piece: %v", err)
+	}
+	f.st.data[c.Root] = data[:len(data)-1]
+	// A short read of the last subtree is an I/O error, not a proof.
+	if _, err := f.set.Prove(seedOf(0), 64, f.st); err == nil {
+		t.Fatal("truncated piece proved")
+	}
+	other := f.st.put(t, randBytes(r, 100))
+	f.st.layers[c.Root] = f.st.layers[other.Root]
+	f.st.data[c.Root] = data
+	if _, err := f.set.Prove(seedOf(0), 4, f.st); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("wrong layers: %v", err)
+	}
+}
+
+func TestProveLeafVerifyLeaf(t *testing.T) {
+	r := rand.New(rand.NewPCG(21, 22))
+	for _, size := range []int{1, LeafSize + 1, StoredSubtreeSize + 3*LeafSize} {
+		data := randBytes(r, size)
+		c, l, _ := CommitBytesLayers(data)
+		levels := refLevels(data)
+		for leaf := uint64(0); leaf < c.Leaves(); leaf++ {
+			d, path, err := l.ProveLeaf(bytes.NewReader(data), leaf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !equalHashes(path, refPiecePath(levels, int(leaf))) && len(path) > 0 {
+				t.Fatalf("size %d leaf %d: path differs from reference", size, leaf)
+			}
+			if !VerifyLeaf(c, leaf, d, path) {
+				t.Fatalf("size %d leaf %d: rejected", size, leaf)
+			}
+			if c.Leaves() > 1 && VerifyLeaf(c, leaf^1, d, path) {
+				t.Fatalf("size %d leaf %d: accepted at the wrong index", size, leaf)
+			}
+		}
+		if _, _, err := l.ProveLeaf(bytes.NewReader(data), c.Leaves()); !errors.Is(err, ErrUsage) {
+			t.Fatalf("leaf past the end: %v", err)
+		}
+	}
+}
+
+// honest returns a three-piece set and an honest proof over it.
+func honest(t testing.TB, k int) (*fixture, [32]byte, *Proof) {
+	t.Helper()
+	r := rand.New(rand.NewPCG(23, 24))
+	f := newFixture()
+	// The big piece makes the total large enough that a changed seed
+	// essentially never yields the same challenges.
+	f.add(t, randBytes(r, 16<<20+1))
+	f.add(t, randBytes(r, 2*LeafSize))
+	f.add(t, randBytes(r, 3*LeafSize))
+	seed := seedOf(7)
+	return f, seed, f.check(t, seed, k)
+}
+
+// TestBitFlips flips every bit of the encoded proof, the seed and the root
+// in turn: each must make verification fail.
+func TestBitFlips(t *testing.T) {
+	f, seed, p := honest(t, 2)
+	root := f.set.Root()
+	enc, _ := p.MarshalBinary()
+	for i := 0; i < 8*len(enc); i++ {
+		bad := bytes.Clone(enc)
+		bad[i/8] ^= 1 << (i % 8)
+		if err := VerifyEncoded(root, seed, 2, bad); err == nil {
+			t.Fatalf("bit %d of %d flipped: proof accepted", i, 8*len(enc))
+		}
+	}
+	for i := 0; i < 256; i++ {
+		s, r := seed, root
+		s[i/8] ^= 1 << (i % 8)
+		r[i/8] ^= 1 << (i % 8)
+		if Verify(root, s, 2, p) == nil || Verify(r, seed, 2, p) == nil {
+			t.Fatalf("bit %d of seed or root flipped: accepted", i)
+		}
+	}
+}
+
+// TestFieldFlips flips bits of decoded fields, including the ones an
+// encoding-level flip cannot reach without also breaking the framing.
+func TestFieldFlips(t *testing.T) {
+	f, seed, p := honest(t, 3)
+	root := f.set.Root()
+	enc, _ := p.MarshalBinary()
+	fresh := func() *Proof { q, _ := UnmarshalProof(enc); return q }
+	mutations := map[string]func(q *Proof, bit uint){
+		"total": func(q *Proof, b uint) { q.TotalLeaves ^= 1 << b },
+		"leaf":  func(q *Proof, b uint) { q.Challenges[1].Leaf ^= 1 << b },
+		"slot":  func(q *Proof, b uint) { q.Challenges[1].Slot ^= 1 << b },
+		"size":  func(q *Proof, b uint) { q.Challenges[1].PieceSize ^= 1 << b },
+		"data":  func(q *Proof, b uint) { q.Challenges[1].Data[b%LeafSize] ^= 1 << (b % 8) },
+		"pathnode": func(q *Proof, b uint) {
+			path := q.Challenges[1].PiecePath
+			path[int(b)%len(path)][b%32] ^= 1 << (b % 8)
+		},
+		"sethash":   func(q *Proof, b uint) { q.Challenges[1].SetPath[b%2].Hash[b%32] ^= 1 << (b % 8) },
+		"setleaves": func(q *Proof, b uint) { q.Challenges[1].SetPath[b%2].Leaves ^= 1 << b },
+		"drop":      func(q *Proof, b uint) { q.Challenges = q.Challenges[:2] },
+		"dup":       func(q *Proof, b uint) { q.Challenges[2] = q.Challenges[b%2] },
+		"trimpath": func(q *Proof, b uint) {
+			q.Challenges[0].PiecePath = q.Challenges[0].PiecePath[:len(q.Challenges[0].PiecePath)-1]
+		},
+		"trimset": func(q *Proof, b uint) { q.Challenges[0].SetPath = q.Challenges[0].SetPath[:1] },
+	}
+	for name, mut := range mutations {
+		for b := uint(0); b < 64; b++ {
+			q := fresh()
+			mut(q, b)
+			if err := Verify(root, seed, 3, q); !errors.Is(err, ErrInvalidProof) {
+				t.Fatalf("%s bit %d: %v", name, b, err)
+			}
+		}
+	}
+	if err := Verify(root, seed, 4, fresh()); !errors.Is(err, ErrInvalidProof) {
+		t.Fatal("proof for k=3 accepted for k=4")
+	}
+	if err := Verify(root, seed, 3, nil); !errors.Is(err, ErrInvalidProof) {
+		t.Fatal("nil proof accepted")
+	}
+}
+
+func TestProofForOtherSet(t *testing.T) {
+	f, seed, p := honest(t, 8)
+	r := rand.New(rand.NewPCG(25, 26))
+	// The same pieces in another order, a piece added, a piece removed.
+	g := newFixture()
+	g.add(t, f.ref[1].data)
+	g.add(t, f.ref[0].data)
+	g.add(t, f.ref[2].data)
+	h := newFixture()
+	for _, rp := range f.ref {
+		h.add(t, rp.data)
+	}
+	h.add(t, randBytes(r, 10))
+	for name, other := range map[string]Hash{"reordered": g.set.Root(), "added": h.set.Root()} {
+		if err := Verify(other, seed, 8, p); err == nil {
+			t.Errorf("proof accepted against %s set", name)
+		}
+		// And the other set's own proof fails against the first root.
+	}
+	q := h.check(t, seed, 8)
+	if err := Verify(f.set.Root(), seed, 8, q); err == nil {
+		t.Error("bigger set's proof accepted against the original root")
+	}
+	h.remove(t, 3)
+	if h.set.Root() != f.set.Root() {
+		t.Error("removing the added piece did not restore the root")
+	}
+	if err := Verify(h.set.Root(), seed, 8, p); err != nil {
+		t.Errorf("after removal, the original proof is rejected: %v", err)
+	}
+}
+
+func TestUnmarshalProofCanonical(t *testing.T) {
+	_, _, p := honest(t, 3)
+	enc, _ := p.MarshalBinary()
+	back, err := UnmarshalProof(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := back.MarshalBinary(); !bytes.Equal(again, enc) {
+		t.Fatal("round trip changed the encoding")
+	}
+	// The generic protobuf decoder reads the same message.
+	var m proofsv1.Proof
+	if err := proto.Unmarshal(enc, &m); err != nil {
+		t.Fatal(err)
+	}
+	viaProto, err := ProofFromProto(&m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := viaProto.MarshalBinary(); !bytes.Equal(again, enc) {
+		t.Fatal("ProofFromProto differs")
+	}
+	explicitZero := protowire.AppendTag(nil, 1, protowire.VarintType)
+	explicitZero = protowire.AppendVarint(explicitZero, 0)
+	for name, b := range map[string][]byte{
+		"unknown field":       protowire.AppendVarint(protowire.AppendTag(bytes.Clone(enc), 9, protowire.VarintType), 1),
+		"explicit zero":       append(explicitZero, enc[len(protowire.AppendVarint(protowire.AppendTag(nil, 1, 0), p.TotalLeaves)):]...),
+		"fields out of order": reorder(enc, p),
+		"non-minimal varint":  nonMinimal(enc),
+		"truncated":           enc[:len(enc)-1],
+		"trailing byte":       append(bytes.Clone(enc), 0),
+	} {
+		if _, err := UnmarshalProof(b); !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrTooLarge) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	// The empty proof is canonical (no challenges) but answers nothing.
+	if q, err := UnmarshalProof(nil); err != nil || len(q.Challenges) != 0 || Verify(Hash{}, [32]byte{}, 1, q) == nil {
+		t.Errorf("empty proof: %v", err)
+	}
+	if _, err := UnmarshalProof(make([]byte, MaxProofSize+1)); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("oversized: %v", err)
+	}
+	// Many empty challenges: rejected by count before anything is allocated.
+	var many []byte
+	for i := 0; i <= MaxChallenges; i++ {
+		many = protowire.AppendBytes(protowire.AppendTag(many, 2, protowire.BytesType), nil)
+	}
+	if _, err := UnmarshalProof(many); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("too many challenges: %v", err)
+	}
+}
+
+// reorder moves the total_leaves field after the challenges.
+func reorder(enc []byte, p *Proof) []byte {
+	head := len(protowire.AppendVarint(protowire.AppendTag(nil, 1, 0), p.TotalLeaves))
+	return append(bytes.Clone(enc[head:]), enc[:head]...)
+}
+
+// nonMinimal re-encodes total_leaves with a redundant continuation byte.
+func nonMinimal(enc []byte) []byte {
+	v, n := protowire.ConsumeVarint(enc[1:])
+	b := []byte{enc[0]}
+	for i := 0; i < n; i++ {
+		b = append(b, byte(v>>(7*i))&0x7f|0x80)
+	}
+	b = append(b, 0x00)
+	return append(b, enc[1+n:]...)
+}
+
+func TestVerifyHostile(t *testing.T) {
+	f, seed, p := honest(t, 1)
+	root := f.set.Root()
+	c := p.Challenges[0]
+	huge := func(q *ChallengeProof) { q.SetPath = append(q.SetPath, SetNode{Leaves: ^uint64(0)}); q.Slot |= 1 << 2 }
+	cases := map[string]func(q *ChallengeProof){
+		"leaf short":        func(q *ChallengeProof) { q.Data = q.Data[:10] },
+		"size max":          func(q *ChallengeProof) { q.PieceSize = ^uint64(0) },
+		"size at max":       func(q *ChallengeProof) { q.PieceSize = MaxPieceSize },
+		"slot beyond tree":  func(q *ChallengeProof) { q.Slot = ^uint64(0) },
+		"set path too long": func(q *ChallengeProof) { q.SetPath = make([]SetNode, MaxSetHeight+1) },
+		"leaves overflow":   huge,
+		"no paths":          func(q *ChallengeProof) { q.PiecePath, q.SetPath = nil, nil },
+	}
+	for name, mut := range cases {
+		q := c
+		q.Data = bytes.Clone(c.Data)
+		q.SetPath = append([]SetNode(nil), c.SetPath...)
+		mut(&q)
+		if err := Verify(root, seed, 1, &Proof{TotalLeaves: p.TotalLeaves, Challenges: []ChallengeProof{q}}); !errors.Is(err, ErrInvalidProof) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	for _, total := range []uint64{0, MaxTotalLeaves + 1, ^uint64(0)} {
+		if err := Verify(root, seed, 1, &Proof{TotalLeaves: total, Challenges: p.Challenges}); !errors.Is(err, ErrInvalidProof) {
+			t.Errorf("total %d: %v", total, err)
+		}
+	}
+	if err := Verify(root, seed, MaxChallenges+1, p); !errors.Is(err, ErrUsage) {
+		t.Errorf("k too big: %v", err)
+	}
+	allocs := testing.AllocsPerRun(20, func() { Verify(root, seed, 1, p) })
+	if allocs > 4 {
+		t.Errorf("Verify allocates %.0f times", allocs)
+	}
+}
