@@ -17,6 +17,7 @@ import (
 
 func newAddCmd(g *globals) *cobra.Command {
 	var quiet, recursive, hidden bool
+	emptyDirs := true
 	var profile, carOut string
 	cmd := &cobra.Command{
 		Use:   "add PATH",
@@ -50,8 +51,9 @@ The root CID is printed last; -Q prints only the root CID.`,
 				return err
 			}
 			root, err := dagio.ImportPath(cmd.Context(), w, path, p, dagio.ImportOptions{
-				Hidden:   hidden,
-				Progress: func(n int64) { _ = bar.Set64(n) },
+				Hidden:      hidden,
+				NoEmptyDirs: !emptyDirs,
+				Progress:    func(n int64) { _ = bar.Set64(n) },
 			})
 			if err != nil {
 				w.Abort()
@@ -82,6 +84,7 @@ The root CID is printed last; -Q prints only the root CID.`,
 	cmd.Flags().BoolVarP(&quiet, "quiet", "Q", false, "print only the root CID")
 	cmd.Flags().BoolVarP(&recursive, "recursive", "r", false, "add a directory with everything in it")
 	cmd.Flags().BoolVar(&hidden, "hidden", false, "include files and directories whose names start with a dot")
+	cmd.Flags().BoolVarP(&emptyDirs, "empty-dirs", "E", true, "keep empty directories (--empty-dirs=false leaves them out)")
 	cmd.Flags().StringVar(&profile, "profile", dagio.DefaultProfile, "import profile: kubo, kubo-v1, unixfs-v1-2025")
 	cmd.Flags().StringVar(&carOut, "car", "", "also write the piece (CARv1) to this file")
 	return cmd

@@ -125,6 +125,9 @@ type ImportOptions struct {
 	// Hidden includes files and directories whose names start with a dot
 	// (Kubo leaves them out unless --hidden).
 	Hidden bool
+	// NoEmptyDirs leaves out directories that are empty on disk, except the
+	// one being added (Kubo's --empty-dirs=false).
+	NoEmptyDirs bool
 	// Progress, if set, is called with the number of file bytes read so far.
 	Progress func(read int64)
 }
@@ -138,6 +141,7 @@ func ImportPath(ctx context.Context, dst ipld.DAGService, path string, p Profile
 		return nil, err
 	}
 	im := &importer{dst: dst, p: p, opts: opts}
+	im.top = path
 	return im.importAny(ctx, path, st)
 }
 
@@ -146,6 +150,7 @@ type importer struct {
 	p    Profile
 	opts ImportOptions
 	read int64
+	top  string
 }
 
 func (im *importer) importAny(ctx context.Context, path string, st os.FileInfo) (ipld.Node, error) {
@@ -187,6 +192,9 @@ func (im *importer) importDir(ctx context.Context, path string) (ipld.Node, erro
 	if err != nil {
 		return nil, err
 	}
+	if len(ents) == 0 && im.opts.NoEmptyDirs && path != im.top {
+		return nil, nil // as Kubo: only directories empty on disk are left out
+	}
 	dir, err := uio.NewDirectory(im.dst,
 		uio.WithCidBuilder(im.p.CidBuilder()),
 		uio.WithSizeEstimationMode(im.p.HAMTEstimation),
@@ -206,6 +214,9 @@ func (im *importer) importDir(ctx context.Context, path string) (ipld.Node, erro
 		n, err := im.importAny(ctx, child, st)
 		if err != nil {
 			return nil, err
+		}
+		if n == nil {
+			continue // an empty directory left out
 		}
 		if err := dir.AddChild(ctx, e.Name(), n); err != nil {
 			return nil, fmt.Errorf("dagio: %s: %w", child, err)
