@@ -253,11 +253,31 @@ func (s *LogStore) FirstIndex() (uint64, error) {
 	return s.mu.offset + 1, nil
 }
 
-// Snapshot implements raft.Storage. It returns a copy of the latest snapshot.
+// Snapshot implements raft.Storage. It returns a copy of the latest
+// snapshot, or raft.ErrSnapshotTemporarilyUnavailable while a membership
+// change applied since that snapshot is not yet captured in a newer one: a
+// replica added after the snapshot would find itself missing from the
+// snapshot's ConfState and refuse it. Node takes a snapshot right after each
+// membership change, so raft's retry finds one.
 func (s *LogStore) Snapshot() (*pb.Snapshot, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !s.snapshotHasConfStateLocked() {
+		return nil, raft.ErrSnapshotTemporarilyUnavailable
+	}
 	return proto.Clone(s.mu.snapshot).(*pb.Snapshot), nil
+}
+
+func (s *LogStore) snapshotHasConfStateLocked() bool {
+	return s.mu.confState == nil ||
+		s.mu.confState.Equivalent(pb.EnsureConfState(s.mu.snapshot.GetMetadata().GetConfState())) == nil
+}
+
+// storedSnapshot returns the latest snapshot whatever its membership.
+func (s *LogStore) storedSnapshot() (*pb.Snapshot, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return proto.Clone(s.mu.snapshot).(*pb.Snapshot), s.snapshotHasConfStateLocked()
 }
 
 // Save makes the outcome of one Ready durable in a single Pebble batch: a

@@ -70,6 +70,8 @@ func errName(err error) string {
 		return "ErrUnavailable"
 	case errors.Is(err, raft.ErrSnapOutOfDate):
 		return "ErrSnapOutOfDate"
+	case errors.Is(err, raft.ErrSnapshotTemporarilyUnavailable):
+		return "ErrSnapshotTemporarilyUnavailable"
 	default:
 		return "error"
 	}
@@ -345,9 +347,17 @@ func TestLogStoreSaveIsAtomic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The snapshot predates the membership change: raft must not send it.
 	want := "first=21 last=22 term(20)=3/ok term(21)=4/ok term(22)=4/ok term(23)=0/ErrUnavailable term(19)=ErrCompacted" +
-		" ents=[21/4:x 22/4:y] snap=20/3:state@20:[1 2 3]/ok hs=4/1/20 cs=[1 2 3 4]/ok"
+		" ents=[21/4:x 22/4:y] snap=0/0::[]/ErrSnapshotTemporarilyUnavailable hs=4/1/20 cs=[1 2 3 4]/ok"
 	if got := dump(ls); got != want {
 		t.Errorf("\n got %s\nwant %s", got, want)
+	}
+	if _, err := ls.CreateSnapshot(22, &pb.ConfState{Voters: []uint64{1, 2, 3, 4}}, []byte("state@22")); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := ls.Snapshot()
+	if err != nil || snap.GetMetadata().GetIndex() != 22 {
+		t.Errorf("Snapshot after a new one with the current membership = %v, %v", snap, err)
 	}
 }
