@@ -32,24 +32,24 @@
 //
 // # Sealing a piece: states and durable steps
 //
-//	writing ──Add…──▶ writing ──Seal──▶ synced ──index batch──▶ visible ──Delete──▶ gone
-//	   │                                   │
-//	   └──Abort / crash: file removed      └──crash: orphan file removed at Open
+//		writing ──Add…──▶ writing ──Seal──▶ synced ──index batch──▶ visible ──Delete──▶ gone
+//		   │                                   │
+//		   └──Abort / crash: file removed      └──crash: orphan file removed at Open
 //
-//  1. writing: sections are appended to <id>.partial; nothing is indexed, so
-//     readers cannot see any of it. The builder may ask for a block it wrote
-//     (directory builders do), which is served from the partial file.
-//  2. Seal: the canonical order is checked (and the file rewritten if the
-//     writer's order was not canonical), the header is written at offset 0,
-//     the file is fdatasync'ed, renamed to <id>.car and the directory is
-//     fsync'ed. [crash point: partial or orphan file, removed at Open]
-//  3. One Pebble batch with every block location, the piece record, the root
-//     entry and the proof layers is committed with Sync. Only now is the piece
-//     acknowledged. [crash point: either the whole batch is there or none]
-//  4. Delete: one synced batch removes the piece's locations, record, root and
-//     layers; then the file is removed. [crash point: orphan file, removed at
-//     Open]. Deleting a DAG therefore reclaims all of its space; a block that
-//     another piece also holds stays readable through that piece.
+//	 1. writing: sections are appended to <id>.partial; nothing is indexed, so
+//	    readers cannot see any of it. The builder may ask for a block it wrote
+//	    (directory builders do), which is served from the partial file.
+//	 2. Seal: the canonical order is checked (and the file rewritten if the
+//	    writer's order was not canonical), the header is written at offset 0,
+//	    the file is fdatasync'ed, renamed to <id>.car and the directory is
+//	    fsync'ed. [crash point: partial or orphan file, removed at Open]
+//	 3. One Pebble batch with every block location, the piece record, the root
+//	    entry and the proof layers is committed with Sync. Only now is the piece
+//	    acknowledged. [crash point: either the whole batch is there or none]
+//	 4. Delete: one synced batch removes the piece's locations, record, root and
+//	    layers; then the file is removed. [crash point: orphan file, removed at
+//	    Open]. Deleting a DAG therefore reclaims all of its space; a block that
+//	    another piece also holds stays readable through that piece.
 //
 // Loose blocks (Put/PutMany) are appended to the current .blk file, which is
 // fdatasync'ed before the synced index batch that makes them visible, so an

@@ -46,8 +46,10 @@ type PieceWriter struct {
 	commitCh   chan [][]byte
 	commitDone chan error
 
-	err    error
-	closed bool
+	err      error
+	closed   bool // no more Adds; Seal or Abort has begun
+	drained  bool // the committer goroutine has finished
+	finished bool // sealed or aborted: the file is no longer ours to remove
 }
 
 type entry struct {
@@ -273,14 +275,24 @@ var _ ipld.DAGService = (*PieceWriter)(nil)
 
 // Abort discards the piece. Safe to call after Seal (it does nothing then).
 func (w *PieceWriter) Abort() {
-	if w.closed {
+	if w.finished {
 		return
 	}
+	w.finished = true
 	w.closed = true
-	close(w.commitCh)
-	<-w.commitDone
+	w.drain()
 	w.f.Close()
 	os.Remove(w.path)
+}
+
+// drain stops the committer goroutine and returns its error.
+func (w *PieceWriter) drain() error {
+	if w.drained {
+		return nil
+	}
+	w.drained = true
+	close(w.commitCh)
+	return <-w.commitDone
 }
 
 // Seal finishes the piece as the DAG under root: checks that the DAG is
@@ -289,7 +301,7 @@ func (w *PieceWriter) Abort() {
 // root, the new file is dropped and the existing piece returned. On error the
 // piece is discarded and the store is as before.
 func (w *PieceWriter) Seal(ctx context.Context, root cid.Cid) (*Piece, error) {
-	if w.closed {
+	if w.closed || w.finished {
 		return nil, errors.New("storage: piece writer is closed")
 	}
 	p, err := w.seal(ctx, root)
@@ -305,8 +317,7 @@ func (w *PieceWriter) seal(ctx context.Context, root cid.Cid) (*Piece, error) {
 		return nil, err
 	}
 	w.closed = true
-	close(w.commitCh)
-	if err := <-w.commitDone; err != nil {
+	if err := w.drain(); err != nil {
 		return nil, fmt.Errorf("storage: commitment: %w", err)
 	}
 	if w.err != nil {
@@ -317,8 +328,7 @@ func (w *PieceWriter) seal(ctx context.Context, root cid.Cid) (*Piece, error) {
 		return nil, err
 	}
 	if existing, err := w.s.PieceByRoot(root); err == nil {
-		w.f.Close()
-		os.Remove(w.path)
+		w.Abort()
 		return existing, nil
 	}
 
@@ -354,8 +364,10 @@ func (w *PieceWriter) seal(ctx context.Context, root cid.Cid) (*Piece, error) {
 		return nil, fmt.Errorf("storage: %w", err)
 	}
 	w.path = final
+	w.finished = true // from here on, failures remove final themselves
 	if !w.s.cfg.NoSync {
 		if err := syncDir(w.s.pieceDir); err != nil {
+			os.Remove(final)
 			return nil, fmt.Errorf("storage: sync dir: %w", err)
 		}
 	}
@@ -363,10 +375,12 @@ func (w *PieceWriter) seal(ctx context.Context, root cid.Cid) (*Piece, error) {
 
 	cbin, err := commitment.MarshalBinary()
 	if err != nil {
+		os.Remove(final)
 		return nil, err
 	}
 	lbin, err := layers.MarshalBinary()
 	if err != nil {
+		os.Remove(final)
 		return nil, err
 	}
 	piece := &Piece{
@@ -375,18 +389,15 @@ func (w *PieceWriter) seal(ctx context.Context, root cid.Cid) (*Piece, error) {
 	}
 	rec, err := json.Marshal(piece)
 	if err != nil {
+		os.Remove(final)
 		return nil, err
 	}
 	b := w.s.db.NewBatch()
 	defer b.Close()
 	for _, e := range w.entries {
 		h := e.c.Hash()
-		if err := b.Set(blockKey(h, w.id), encodeLoc(e.dataOff, e.n), nil); err != nil {
-			return nil, err
-		}
-		if err := b.Set(revKey(w.id, h), nil, nil); err != nil {
-			return nil, err
-		}
+		_ = b.Set(blockKey(h, w.id), encodeLoc(e.dataOff, e.n), nil)
+		_ = b.Set(revKey(w.id, h), nil, nil)
 	}
 	_ = b.Set(idKey(prefixPiece, w.id), rec, nil)
 	_ = b.Set(rootKey(root), binary.BigEndian.AppendUint64(nil, w.id), nil)

@@ -363,7 +363,7 @@ func (s *Store) recover() error {
 		switch {
 		case perr != nil:
 			continue // not ours
-		case ext == "partial":
+		case strings.HasPrefix(ext, "partial"):
 		case ext == "car" || ext == "blk":
 			if _, err := s.getPiece(id); err == nil {
 				continue
