@@ -454,7 +454,7 @@ func TestExportOfSubDAGWalksBlockstore(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, err := br.Next()
-	if err != nil || !b.Cid().Equals(links[3]) || !bytes.Equal(b.RawData(), keystream.Bytes(4<<18)[3<<18:]) {
+	if err != nil || !b.Cid().Equals(links[3]) || !bytes.Equal(b.RawData(), keystream.Bytes(4 << 18)[3<<18:]) {
 		t.Fatalf("sub-DAG export wrong: %v", err)
 	}
 	if _, err := s.Export(context.Background(), cid.MustParse("bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"), io.Discard); !errors.Is(err, ErrNotFound) {
