@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 
+	ipld "github.com/ipfs/go-ipld-format"
 	"github.com/spf13/cobra"
 )
 
@@ -31,6 +32,10 @@ func main() {
 func oneLine(err error) string {
 	if errors.Is(err, context.Canceled) {
 		return "interrupted"
+	}
+	var nf ipld.ErrNotFound
+	if errors.As(err, &nf) {
+		return fmt.Sprintf("block %s not found in this repo (add or import the data first)", nf.Cid)
 	}
 	return strings.ReplaceAll(strings.TrimSpace(err.Error()), "\n", "; ")
 }
