@@ -13,7 +13,7 @@
 #             (default "kubo-v1 unixfs-v1-2025")
 #   RUNS      timed runs per measurement; the median is reported (default 3)
 #   KUBO_ONLY set to 1 to skip quarry (e.g. while cmd/quarry does not build)
-#   KEEP      set to 1 to keep the repos in bench/.cache/run afterwards
+#   KEEP      set to 1 to keep the repos in bench/.cache/run.XXXXXX afterwards
 #
 # What is measured (MB = 10^6 bytes; every rate is SIZE / wall time, so
 # ratio = kubo time / quarry time):
@@ -25,6 +25,10 @@
 #   export  quarry --repo R export CID > /dev/null  vs  ipfs dag export CID > /dev/null
 #   RSS     peak resident set size of `quarry add` (and of `ipfs add`), from
 #           /usr/bin/time (Debian package `time`, installed if missing).
+#
+# Each add runs after an untimed `sync`, and Kubo and quarry alternate going
+# first, so that one tool's unsynced writes are not flushed inside the other's
+# timing (Kubo's own time still excludes its eventual flush, as Kubo ships).
 #
 # Warm cache: page caches are not dropped (no privilege is assumed). The input
 # file is read once before the add runs, and cat/export are each run once
@@ -53,6 +57,17 @@ die() { echo "add-cat-export.sh: $*" >&2; exit 1; }
 log() { echo "# $*" >&2; }
 
 # ---- prerequisites ---------------------------------------------------------
+
+# One benchmark at a time on this machine: concurrent runs would measure each
+# other. A second invocation waits for the first.
+mkdir -p "$cache"
+if command -v flock >/dev/null 2>&1; then
+	exec 9>"$cache/bench.lock"
+	if ! flock -n 9; then
+		log "another add-cat-export.sh is running; waiting for it to finish"
+		flock 9
+	fi
+fi
 
 command -v go >/dev/null 2>&1 || die "go is not on PATH (needed to generate the file and build quarry/Kubo)"
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer, got '$RUNS'"
@@ -95,15 +110,13 @@ mkdir -p "$cache/data"
 file="$cache/data/aes-ctr-$SIZE.bin"
 if [[ ! -f "$file" || $(stat -c %s "$file") -ne $bytes ]]; then
 	log "generating $file ($bytes bytes of the AES-256-CTR zero-key keystream)"
-	rm -f "$file" "$file.tmp"
-	(cd "$root" && go run ./testdata/kubo-dirs/gen.go -file "$file.tmp" -size "$bytes") || die "generating the file failed"
-	mv "$file.tmp" "$file"
+	rm -f "$file" "$file.tmp.$$"
+	(cd "$root" && go run ./testdata/kubo-dirs/gen.go -file "$file.tmp.$$" -size "$bytes") || die "generating the file failed"
+	mv "$file.tmp.$$" "$file"
 fi
 cat "$file" >/dev/null # warm the page cache once
 
-run="$cache/run"
-rm -rf "$run"
-mkdir -p "$run"
+run=$(mktemp -d "$cache/run.XXXXXX") # own dir: never touch another run's repos
 cleanup() { [[ -n "${KEEP:-}" ]] || rm -rf "$run"; }
 trap cleanup EXIT
 
@@ -148,10 +161,11 @@ for prof in $PROFILES; do
 	flags=$(kubo_flags "$prof")
 	log "profile $prof: add runs"
 	ka=() qa=() krss=() qrss=() kcid="" qcid=""
-	for ((i = 1; i <= RUNS; i++)); do
+	kubo_add() { # run i
 		# Kubo: fresh repo per run; init is not timed.
-		kr="$run/kubo-$prof-$i"
+		local kr="$run/kubo-$prof-$1" t c
 		kubo_init "$kr" "$prof"
+		sync
 		# shellcheck disable=SC2086
 		t=$(IPFS_PATH="$kr" timed "$run/out" "$run/rss" "$IPFS" add -Q $flags "$file") || die "ipfs add failed"
 		ka+=("$t")
@@ -159,17 +173,31 @@ for prof in $PROFILES; do
 		c=$(tail -n 1 "$run/out")
 		[[ -z "$kcid" || "$kcid" == "$c" ]] || die "ipfs add gave different CIDs across runs: $kcid $c"
 		kcid=$c
-		((i == RUNS)) || rm -rf "$kr"
-
-		if [[ -z "$KUBO_ONLY" ]]; then
-			qr="$run/quarry-$prof-$i"
-			t=$(timed "$run/out" "$run/rss" "$QUARRY" --repo "$qr" add -Q --profile "$prof" "$file") || die "quarry add failed"
-			qa+=("$t")
-			qrss+=("$(cat "$run/rss")")
-			c=$(tail -n 1 "$run/out")
-			[[ -z "$qcid" || "$qcid" == "$c" ]] || die "quarry add gave different CIDs across runs: $qcid $c"
-			qcid=$c
-			((i == RUNS)) || rm -rf "$qr"
+	}
+	quarry_add() { # run i
+		local qr="$run/quarry-$prof-$1" t c
+		sync
+		t=$(timed "$run/out" "$run/rss" "$QUARRY" --repo "$qr" add -Q --profile "$prof" "$file") || die "quarry add failed"
+		qa+=("$t")
+		qrss+=("$(cat "$run/rss")")
+		c=$(tail -n 1 "$run/out")
+		[[ -z "$qcid" || "$qcid" == "$c" ]] || die "quarry add gave different CIDs across runs: $qcid $c"
+		qcid=$c
+	}
+	for ((i = 1; i <= RUNS; i++)); do
+		# Alternate which goes first; `sync` (untimed) before each run so
+		# that Kubo's unsynced writes are not flushed during quarry's run.
+		if [[ -n "$KUBO_ONLY" ]]; then
+			kubo_add "$i"
+		elif ((i % 2)); then
+			kubo_add "$i"
+			quarry_add "$i"
+		else
+			quarry_add "$i"
+			kubo_add "$i"
+		fi
+		if ((i < RUNS)); then
+			rm -rf "$run/kubo-$prof-$i" "$run/quarry-$prof-$i"
 		fi
 	done
 	kr="$run/kubo-$prof-$RUNS"
@@ -201,6 +229,7 @@ for prof in $PROFILES; do
 	fi
 
 	kc=() qc=() ke=() qe=()
+	sync
 	log "profile $prof: cat and export runs"
 	for ((i = 1; i <= RUNS; i++)); do
 		kc+=("$(IPFS_PATH="$kr" timed /dev/null "$run/rss" "$IPFS" cat "$kcid")") || die "ipfs cat failed"
