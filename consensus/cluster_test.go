@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	pb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 )
@@ -340,6 +341,7 @@ func (w tlogWriter) Write(p []byte) (int, error) {
 type replica struct {
 	id    uint64
 	dir   string
+	fs    *vfs.MemFS // nil: dir is on disk
 	db    *pebble.DB
 	app   *kvApplier
 	node  *Node
@@ -351,27 +353,36 @@ type replica struct {
 // cluster is an in-process raft cluster: real Pebble in t.TempDir, a
 // network you control, 10 ms ticks.
 type cluster struct {
-	t    *testing.T
-	net  *network
-	log  *slog.Logger
-	cfg  func(*Config)
-	reps map[uint64]*replica
+	t     *testing.T
+	net   *network
+	log   *slog.Logger
+	cfgs  []func(*Config)
+	memFS bool // crashable in-memory file systems instead of t.TempDir
+	reps  map[uint64]*replica
 }
 
-type clusterOption func(*Config)
+type clusterOption func(*cluster)
+
+func snapshotEvery(entries, keep uint64) clusterOption {
+	return func(c *cluster) {
+		c.cfgs = append(c.cfgs, func(cfg *Config) { cfg.SnapshotEntries, cfg.CatchUpEntries = entries, keep })
+	}
+}
+
+// crashableDisks puts each replica's Pebble on a vfs.MemFS that can be
+// cloned as a crash would leave it: synced data only.
+func crashableDisks(c *cluster) { c.memFS = true }
 
 func newCluster(t *testing.T, size int, opts ...clusterOption) *cluster {
 	over := &atomic.Bool{}
 	c := &cluster{
-		t:   t,
-		net: newNetwork(t),
-		log: slog.New(slog.NewTextHandler(tlogWriter{t, over}, &slog.HandlerOptions{Level: slog.LevelInfo})),
-		cfg: func(cfg *Config) {
-			for _, o := range opts {
-				o(cfg)
-			}
-		},
+		t:    t,
+		net:  newNetwork(t),
+		log:  slog.New(slog.NewTextHandler(tlogWriter{t, over}, &slog.HandlerOptions{Level: slog.LevelInfo})),
 		reps: map[uint64]*replica{},
+	}
+	for _, o := range opts {
+		o(c)
 	}
 	t.Cleanup(func() {
 		for id, r := range c.reps {
@@ -397,9 +408,20 @@ func (c *cluster) start(id uint64, peers []uint64) *replica {
 	r := c.reps[id]
 	if r == nil {
 		r = &replica{id: id, dir: filepath.Join(c.t.TempDir(), fmt.Sprint(id))}
+		if c.memFS {
+			r.fs, r.dir = vfs.NewCrashableMem(), "/data"
+		}
 		c.reps[id] = r
 	}
-	r.db = openTestDB(c.t, r.dir)
+	if r.fs != nil {
+		db, err := pebble.Open(r.dir, &pebble.Options{FS: r.fs, Logger: pebbleLogger{c.t}})
+		if err != nil {
+			c.t.Fatalf("open replica %d: %v", id, err)
+		}
+		r.db = db
+	} else {
+		r.db = openTestDB(c.t, r.dir)
+	}
 	store, err := OpenLogStore(r.db)
 	if err != nil {
 		c.t.Fatal(err)
@@ -420,7 +442,9 @@ func (c *cluster) start(id uint64, peers []uint64) *replica {
 		SnapshotEntries: 1000,
 		CatchUpEntries:  100,
 	}
-	c.cfg(&cfg)
+	for _, f := range c.cfgs {
+		f(&cfg)
+	}
 	if r.node, err = New(cfg); err != nil {
 		c.t.Fatal(err)
 	}

@@ -216,10 +216,6 @@ func TestRestartCatchesUpFromLog(t *testing.T) {
 	}
 }
 
-func snapshotEvery(entries, keep uint64) clusterOption {
-	return func(cfg *Config) { cfg.SnapshotEntries, cfg.CatchUpEntries = entries, keep }
-}
-
 // TestRestartCatchesUpFromSnapshot: while a follower is down the others
 // compact past its log; on restart it is sent a snapshot, installs it and
 // continues from the log after it.
