@@ -116,6 +116,33 @@ func (s *Store) Get(ctx context.Context, c cid.Cid) (blocks.Block, error) {
 	return nil, firstErr
 }
 
+// ReadBlock reads the block for c into buf (grown if too small) after
+// checking it against c, and returns the bytes. It lets readers that stream
+// many blocks reuse their buffers.
+func (s *Store) ReadBlock(ctx context.Context, c cid.Cid, buf []byte) ([]byte, error) {
+	if data, ok := identityData(c); ok {
+		return append(buf[:0], data...), nil
+	}
+	locs, err := s.locate(c.Hash(), 0)
+	if err != nil {
+		return nil, err
+	}
+	if len(locs) == 0 {
+		return nil, ipld.ErrNotFound{Cid: c}
+	}
+	var firstErr error
+	for _, loc := range locs {
+		data, err := s.readVerified(c, loc, buf)
+		if err == nil {
+			return data, nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	return nil, firstErr
+}
+
 // View calls fn with the verified block bytes without handing them to the
 // caller to keep (boxo's blockstore.Viewer).
 func (s *Store) View(ctx context.Context, c cid.Cid, fn func([]byte) error) error {

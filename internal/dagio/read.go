@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 
 	"github.com/ipfs/boxo/blockservice"
 	"github.com/ipfs/boxo/blockstore"
@@ -23,6 +24,12 @@ import (
 // BlockGetter gives verified blocks by CID (storage.Store is one).
 type BlockGetter interface {
 	Get(ctx context.Context, c cid.Cid) (blocks.Block, error)
+}
+
+// BufferedBlockReader is a BlockGetter that can also read a verified block
+// into a caller's buffer (storage.Store is one); Cat then reuses buffers.
+type BufferedBlockReader interface {
+	ReadBlock(ctx context.Context, c cid.Cid, buf []byte) ([]byte, error)
 }
 
 // Errors from the read path.
@@ -42,10 +49,23 @@ func Cat(ctx context.Context, bg BlockGetter, root cid.Cid, w io.Writer) (int64,
 	window := 4 * workers
 	jobs := make(chan *fetch, window)
 	defer close(jobs)
+	br, _ := bg.(BufferedBlockReader)
+	var pool sync.Pool
 	for range workers {
 		go func() {
 			for f := range jobs {
-				f.blk, f.err = bg.Get(ctx, f.c)
+				if br != nil {
+					var buf []byte
+					if p, ok := pool.Get().(*[]byte); ok {
+						buf = *p
+					}
+					f.data, f.err = br.ReadBlock(ctx, f.c, buf)
+				} else {
+					var blk blocks.Block
+					if blk, f.err = bg.Get(ctx, f.c); f.err == nil {
+						f.data = blk.RawData()
+					}
+				}
 				close(f.done)
 			}
 		}()
@@ -73,7 +93,7 @@ func Cat(ctx context.Context, bg BlockGetter, root cid.Cid, w io.Writer) (int64,
 		if f.err != nil {
 			return written, f.err
 		}
-		data, children, err := fileNode(f.blk, isRoot)
+		data, children, err := fileNode(f.c, f.data, isRoot)
 		if err != nil {
 			return written, err
 		}
@@ -84,6 +104,12 @@ func Cat(ctx context.Context, bg BlockGetter, root cid.Cid, w io.Writer) (int64,
 			if err != nil {
 				return written, err
 			}
+		}
+		if br != nil {
+			// The bytes are written (or copied out as inline data of an
+			// inner node's children list): the buffer can be reused.
+			buf := f.data[:0]
+			pool.Put(&buf)
 		}
 		queue[0] = nil
 		queue = queue[1:]
@@ -100,36 +126,36 @@ func Cat(ctx context.Context, bg BlockGetter, root cid.Cid, w io.Writer) (int64,
 
 type fetch struct {
 	c    cid.Cid
-	blk  blocks.Block
+	data []byte
 	err  error
 	done chan struct{}
 }
 
 // fileNode returns the file bytes a block holds itself and the children
 // that follow them.
-func fileNode(b blocks.Block, isRoot bool) ([]byte, []cid.Cid, error) {
-	switch b.Cid().Type() {
+func fileNode(c cid.Cid, raw []byte, isRoot bool) ([]byte, []cid.Cid, error) {
+	switch c.Type() {
 	case cid.Raw:
-		return b.RawData(), nil, nil
+		return raw, nil, nil
 	case cid.DagProtobuf:
-		pn, err := mdag.DecodeProtobuf(b.RawData())
+		pn, err := mdag.DecodeProtobuf(raw)
 		if err != nil {
-			return nil, nil, fmt.Errorf("%w: %s: %v", ErrBadDAG, b.Cid(), err)
+			return nil, nil, fmt.Errorf("%w: %s: %v", ErrBadDAG, c, err)
 		}
 		fs, err := ft.FSNodeFromBytes(pn.Data())
 		if err != nil {
-			return nil, nil, fmt.Errorf("%w: %s: %v", ErrBadDAG, b.Cid(), err)
+			return nil, nil, fmt.Errorf("%w: %s: %v", ErrBadDAG, c, err)
 		}
 		switch fs.Type() {
 		case ft.TFile, ft.TRaw:
 		default:
 			if isRoot {
-				return nil, nil, fmt.Errorf("%w: %s is a UnixFS %s", ErrNotFile, b.Cid(), strings.ToLower(fs.Type().String()))
+				return nil, nil, fmt.Errorf("%w: %s is a UnixFS %s", ErrNotFile, c, strings.ToLower(fs.Type().String()))
 			}
-			return nil, nil, fmt.Errorf("%w: %s (a %s inside a file)", ErrBadDAG, b.Cid(), fs.Type())
+			return nil, nil, fmt.Errorf("%w: %s (a %s inside a file)", ErrBadDAG, c, fs.Type())
 		}
 		if len(pn.Links()) != fs.NumChildren() {
-			return nil, nil, fmt.Errorf("%w: %s has %d links but %d block sizes", ErrBadDAG, b.Cid(), len(pn.Links()), fs.NumChildren())
+			return nil, nil, fmt.Errorf("%w: %s has %d links but %d block sizes", ErrBadDAG, c, len(pn.Links()), fs.NumChildren())
 		}
 		children := make([]cid.Cid, len(pn.Links()))
 		for i, l := range pn.Links() {
@@ -137,7 +163,7 @@ func fileNode(b blocks.Block, isRoot bool) ([]byte, []cid.Cid, error) {
 		}
 		return fs.Data(), children, nil
 	default:
-		return nil, nil, fmt.Errorf("%w: %s has codec 0x%x", ErrNotFile, b.Cid(), b.Cid().Type())
+		return nil, nil, fmt.Errorf("%w: %s has codec 0x%x", ErrNotFile, c, c.Type())
 	}
 }
 
