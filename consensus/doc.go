@@ -105,6 +105,12 @@
 // terms and a leader that lost its quorum steps down. A replica that applies
 // its own removal stops: Run returns ErrRemoved.
 //
+// Every applied membership change is followed at once by a snapshot, and
+// LogStore.Snapshot withholds (raft.ErrSnapshotTemporarilyUnavailable) a
+// snapshot older than the latest membership: a replica added after the last
+// snapshot would otherwise be sent one whose ConfState does not list it, and
+// raft on the new replica ignores such a snapshot forever.
+//
 // # Proposals
 //
 // Propose wraps the command in a 16-byte envelope (proposing replica ID and a

@@ -509,7 +509,11 @@ func (n *Node) report(r report) {
 // handleReady performs one Ready in the order the package doc describes.
 func (n *Node) handleReady(rd raft.Ready) error {
 	if rd.SoftState != nil {
-		n.log.Debug("raft state", "state", rd.SoftState.RaftState.String(), "leader", rd.SoftState.Lead)
+		if rd.SoftState.Lead != n.Status().Leader {
+			n.log.Info("leader changed", "leader", rd.SoftState.Lead, "state", rd.SoftState.RaftState.String())
+		} else {
+			n.log.Debug("raft state", "state", rd.SoftState.RaftState.String(), "leader", rd.SoftState.Lead)
+		}
 	}
 	// 1. Persist entries, hard state and any received snapshot, in one
 	//    batch, before anything that depends on them leaves this replica.
@@ -878,6 +882,11 @@ func (n *Node) Step(ctx context.Context, m *pb.Message) error {
 	}
 	if raft.IsLocalMsg(m.GetType()) {
 		return fmt.Errorf("consensus: local message type %v from the network", m.GetType())
+	}
+	select {
+	case <-n.done: // recvc is buffered: do not queue into a dead node
+		return ErrStopped
+	default:
 	}
 	select {
 	case n.recvc <- m:

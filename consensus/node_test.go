@@ -370,3 +370,40 @@ func TestRemovedReplicaCannotDisturb(t *testing.T) {
 		}
 	}
 }
+
+// TestSingleReplicaLifecycle: a one-replica cluster commits on its own;
+// after Run returns, every call fails with ErrStopped instead of hanging, and
+// a Node cannot be run twice.
+func TestSingleReplicaLifecycle(t *testing.T) {
+	c := newCluster(t, 1)
+	c.leader()
+	idx := c.propose(1, "solo", "1")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ri, err := c.reps[1].node.LinearizableRead(ctx)
+	if err != nil || ri < idx {
+		t.Fatalf("LinearizableRead = %d, %v; want >= %d", ri, err, idx)
+	}
+	node := c.reps[1].node
+	c.stop(1)
+	if _, err := node.Propose(ctx, []byte("late=1")); !errors.Is(err, ErrStopped) {
+		t.Errorf("Propose after stop: %v", err)
+	}
+	if _, err := node.LinearizableRead(ctx); !errors.Is(err, ErrStopped) {
+		t.Errorf("LinearizableRead after stop: %v", err)
+	}
+	if err := node.AddReplica(ctx, 2); !errors.Is(err, ErrStopped) {
+		t.Errorf("AddReplica after stop: %v", err)
+	}
+	if err := node.Step(ctx, &pb.Message{To: new(uint64(1)), From: new(uint64(2)), Type: pb.MsgHeartbeat.Enum()}); !errors.Is(err, ErrStopped) {
+		t.Errorf("Step after stop: %v", err)
+	}
+	if err := node.Run(ctx); err == nil {
+		t.Errorf("second Run succeeded")
+	}
+	c.start(1, nil)
+	c.leader()
+	if v, ok := c.reps[1].app.get("solo"); !ok || v != "1" {
+		t.Errorf("after restart solo=%q, %v", v, ok)
+	}
+}
