@@ -183,7 +183,7 @@ type network struct {
 	snaps   map[uint64]int                    // snapshots delivered, by receiver
 }
 
-func newNetwork(t *testing.T) *network {
+func newNetwork(t testing.TB) *network {
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &network{
 		ctx: ctx, cancel: cancel,
@@ -353,7 +353,7 @@ type replica struct {
 // cluster is an in-process raft cluster: real Pebble in t.TempDir, a
 // network you control, 10 ms ticks.
 type cluster struct {
-	t     *testing.T
+	t     testing.TB
 	net   *network
 	log   *slog.Logger
 	cfgs  []func(*Config)
@@ -373,7 +373,7 @@ func snapshotEvery(entries, keep uint64) clusterOption {
 // cloned as a crash would leave it: synced data only.
 func crashableDisks(c *cluster) { c.memFS = true }
 
-func newCluster(t *testing.T, size int, opts ...clusterOption) *cluster {
+func newCluster(t testing.TB, size int, opts ...clusterOption) *cluster {
 	over := &atomic.Bool{}
 	c := &cluster{
 		t:    t,
@@ -485,7 +485,7 @@ func (c *cluster) alive() []uint64 {
 }
 
 // waitFor polls cond until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	tick := time.NewTicker(5 * time.Millisecond)
