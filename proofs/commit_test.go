@@ -319,6 +319,12 @@ func TestLayersEncoding(t *testing.T) {
 
 // TestLayersSizePerGiB checks the stored cost without hashing a GiB: the
 // stored level of a 1 GiB piece is one node per 64 KiB.
+func TestLayersZeroValue(t *testing.T) {
+	if _, err := new(Layers).MarshalBinary(); !errors.Is(err, ErrUsage) {
+		t.Fatalf("zero Layers: %v", err)
+	}
+}
+
 func TestLayersSizePerGiB(t *testing.T) {
 	base := make([]Hash, (1<<30)/StoredSubtreeSize)
 	l := newLayers(defaultShape, 1<<30, 20, defaultShape.storedLevel, base)

@@ -107,6 +107,7 @@ type leafHasher struct {
 	h    hash.Hash
 	pad  []byte
 	tag  [1]byte
+	out  Hash
 	size int
 }
 
@@ -124,9 +125,10 @@ func (l *leafHasher) leaf(b []byte) Hash {
 	l.h.Reset()
 	l.h.Write(l.tag[:])
 	l.h.Write(b)
-	var out Hash
-	l.h.Sum(out[:0])
-	return out
+	// Summing into a field, not a local, keeps the result from escaping
+	// through the interface call: one heap allocation per leaf otherwise.
+	l.h.Sum(l.out[:0])
+	return l.out
 }
 
 func hashNode(left, right *Hash) Hash {

@@ -63,6 +63,9 @@ func (l *Layers) node(lv int, i uint64) Hash {
 // first bytes of their SHA-256), then the nodes. On load the header is
 // checked by its checksum and the nodes by rebuilding the root.
 func (l *Layers) MarshalBinary() ([]byte, error) {
+	if l == nil || len(l.level) == 0 {
+		return nil, fmt.Errorf("%w: layers not built by a Committer or UnmarshalLayers", ErrUsage)
+	}
 	base := l.level[0]
 	b := make([]byte, 0, len(layersMagic)+2*binary.MaxVarintLen64+32+8+32*len(base))
 	b = append(b, layersMagic...)

@@ -118,7 +118,7 @@ func ProofFromProto(m *proofsv1.Proof) (*Proof, error) {
 // the bytes MarshalBinary produces (fields in number order, zero scalars and
 // empty bytes omitted, minimal varints, no unknown fields). It decodes
 // strictly by hand, checking every length against the package's bounds
-// before allocating, and makes four allocations whatever the input.
+// before allocating, and makes five allocations whatever the input.
 func UnmarshalProof(b []byte) (*Proof, error) {
 	if len(b) > MaxProofSize {
 		return nil, fmt.Errorf("%w: proof of %d bytes (max %d)", ErrTooLarge, len(b), MaxProofSize)

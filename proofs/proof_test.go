@@ -495,6 +495,9 @@ func TestUnmarshalProofCanonical(t *testing.T) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
+	if n := testing.AllocsPerRun(20, func() { UnmarshalProof(enc) }); n > 5 {
+		t.Errorf("UnmarshalProof allocates %.0f times", n)
+	}
 	// The empty proof is canonical (no challenges) but answers nothing.
 	if q, err := UnmarshalProof(nil); err != nil || len(q.Challenges) != 0 || Verify(Hash{}, [32]byte{}, 1, q) == nil {
 		t.Errorf("empty proof: %v", err)
