@@ -2,8 +2,10 @@ package proofs
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"math/rand/v2"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -333,4 +335,31 @@ func TestLayersSizePerGiB(t *testing.T) {
 		t.Fatalf("layers of a 1 GiB piece take %d bytes", len(b))
 	}
 	t.Logf("layers of a 1 GiB piece: %d bytes stored", len(b))
+}
+
+// TestCommitterConstantMemory streams 128 MiB and checks that the committer
+// allocates a few chunk buffers plus the stored level, not the piece.
+func TestCommitterConstantMemory(t *testing.T) {
+	const total, write = 128 << 20, 256 << 10
+	buf := make([]byte, write)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	c := NewCommitter()
+	for off := 0; off < total; off += write {
+		for i := 0; i < write; i += 8 {
+			binary.LittleEndian.PutUint64(buf[i:], uint64(off+i))
+		}
+		c.Write(buf)
+	}
+	_, l, err := c.Finish()
+	runtime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allocated := after.TotalAlloc - before.TotalAlloc
+	limit := uint64(runtime.GOMAXPROCS(0)+2)*chunkSize + 4*32*total/StoredSubtreeSize + 2<<20
+	if allocated > limit {
+		t.Fatalf("streaming %d MiB allocated %d bytes (limit %d)", total>>20, allocated, limit)
+	}
+	t.Logf("streaming %d MiB allocated %d KiB; layers hold %d nodes", total>>20, allocated>>10, len(l.level[0]))
 }
