@@ -18,12 +18,9 @@ import (
 )
 
 // writeBehind is how many bytes a PieceWriter lets accumulate in the page
-// cache before it starts their writeback, so the fdatasync at Seal has
-// little left to do.
+// cache (when direct I/O is unavailable) before it starts their writeback,
+// so the fdatasync at Seal has little left to do.
 const writeBehind = 32 << 20
-
-// pendingMax is the most small-section bytes a PieceWriter buffers before a write.
-const pendingMax = 1 << 20
 
 // PieceWriter streams one DAG into a new piece. It is an ipld.DAGService, so
 // boxo's builders write into it directly. Nothing it writes is visible to
@@ -35,20 +32,15 @@ type PieceWriter struct {
 	path   string
 	hdrLen int // bytes reserved at offset 0 for the CAR header
 
-	off     uint64 // bytes written to f, including the reserved header
-	pending []byte // section bytes not yet written
-	started uint64 // bytes whose writeback has been started
+	st  *pieceStream
+	off uint64 // piece length once the stream is finished
 
 	entries []entry
 	seen    map[string]int // CID key → index into entries
-
-	commit     *proofs.Committer
-	commitCh   chan [][]byte
-	commitDone chan error
+	hdr     []byte         // scratch for section headers
 
 	err      error
 	closed   bool // no more Adds; Seal or Abort has begun
-	drained  bool // the committer goroutine has finished
 	finished bool // sealed or aborted: the file is no longer ours to remove
 }
 
@@ -78,39 +70,15 @@ func (s *Store) NewPieceWriter(rootLen int) (*PieceWriter, error) {
 		rootLen = 36
 	}
 	w := &PieceWriter{
-		s:          s,
-		id:         id,
-		f:          f,
-		path:       path,
-		hdrLen:     carHeaderLen(rootLen),
-		seen:       make(map[string]int),
-		commitCh:   make(chan [][]byte, 64),
-		commitDone: make(chan error, 1),
+		s:      s,
+		id:     id,
+		f:      f,
+		path:   path,
+		hdrLen: carHeaderLen(rootLen),
+		seen:   make(map[string]int),
 	}
-	w.off = uint64(w.hdrLen)
-	if _, err := f.Seek(int64(w.hdrLen), io.SeekStart); err != nil {
-		f.Close()
-		os.Remove(path)
-		return nil, fmt.Errorf("storage: %w", err)
-	}
-	w.commit = proofs.NewCommitterDeferred(w.hdrLen)
-	go w.runCommitter()
+	w.st = newPieceStream(s, f, path, w.hdrLen, !s.noDirect)
 	return w, nil
-}
-
-func (w *PieceWriter) runCommitter() {
-	var err error
-	for parts := range w.commitCh {
-		if err != nil {
-			continue
-		}
-		for _, p := range parts {
-			if _, err = w.commit.Write(p); err != nil {
-				break
-			}
-		}
-	}
-	w.commitDone <- err
 }
 
 // Add appends a node's block to the piece (once per CID).
@@ -156,25 +124,15 @@ func (w *PieceWriter) add(c cid.Cid, data []byte, links []cid.Cid, known bool) e
 	if uint64(len(data)) > maxBlockSize {
 		return w.fail(fmt.Errorf("storage: block %s is %d bytes, more than the %d-byte limit", c, len(data), maxBlockSize))
 	}
-	section := w.off + uint64(len(w.pending))
-	start := len(w.pending)
-	w.pending = sectionHeader(w.pending, c, len(data))
-	hdr := w.pending[start:]
-	dataOff := section + uint64(len(hdr))
-	// Hand the committer its own copy of the (small) section header; the
-	// data slice is immutable once a node exists, so it is shared.
-	hcopy := append([]byte(nil), hdr...)
-	if len(data) < 64<<10 {
-		w.pending = append(w.pending, data...)
-		if len(w.pending) >= pendingMax {
-			if err := w.flush(nil); err != nil {
-				return err
-			}
-		}
-	} else if err := w.flush(data); err != nil {
-		return err
+	section := w.st.offset()
+	w.hdr = sectionHeader(w.hdr[:0], c, len(data))
+	dataOff := section + uint64(len(w.hdr))
+	if err := w.st.write(w.hdr); err != nil {
+		return w.fail(err)
 	}
-	w.commitCh <- [][]byte{hcopy, data}
+	if err := w.st.write(data); err != nil {
+		return w.fail(err)
+	}
 	w.seen[key] = len(w.entries)
 	w.entries = append(w.entries, entry{c: c, section: section, dataOff: dataOff, n: uint32(len(data)), links: links, hasLink: known})
 	return nil
@@ -183,42 +141,6 @@ func (w *PieceWriter) add(c cid.Cid, data []byte, links []cid.Cid, known bool) e
 // maxBlockSize bounds a single block; the IPFS ecosystem's limit is 2 MiB
 // for bitswap, CAR readers allow more, Quarry allows 4 MiB.
 const maxBlockSize = 4 << 20
-
-// flush writes pending bytes and then extra (if any) with one writev.
-func (w *PieceWriter) flush(extra []byte) error {
-	if len(w.pending) == 0 && len(extra) == 0 {
-		return nil
-	}
-	iov := [][]byte{w.pending, extra}
-	total := len(w.pending) + len(extra)
-	if err := w.s.writeHook(total); err != nil {
-		return w.fail(err)
-	}
-	for total > 0 {
-		n, err := unix.Pwritev(int(w.f.Fd()), iov, int64(w.off))
-		if err != nil {
-			return w.fail(fmt.Errorf("storage: write piece: %w", err))
-		}
-		w.off += uint64(n)
-		total -= n
-		for n > 0 && len(iov) > 0 {
-			if n >= len(iov[0]) {
-				n -= len(iov[0])
-				iov = iov[1:]
-			} else {
-				iov[0] = iov[0][n:]
-				n = 0
-			}
-		}
-	}
-	w.pending = w.pending[:0]
-	if !w.s.cfg.NoSync && w.off-w.started >= writeBehind {
-		// Start writeback of what is written so far; Seal waits for it.
-		_ = unix.SyncFileRange(int(w.f.Fd()), int64(w.started), int64(w.off-w.started), unix.SYNC_FILE_RANGE_WRITE)
-		w.started = w.off
-	}
-	return nil
-}
 
 func (w *PieceWriter) fail(err error) error {
 	if w.err == nil {
@@ -234,12 +156,12 @@ func (w *PieceWriter) Get(ctx context.Context, c cid.Cid) (ipld.Node, error) {
 	if !ok {
 		return nil, ipld.ErrNotFound{Cid: c}
 	}
-	if err := w.flush(nil); err != nil {
-		return nil, err
+	if w.closed {
+		return nil, errors.New("storage: piece writer is closed")
 	}
 	e := w.entries[i]
 	buf := make([]byte, e.n)
-	if _, err := w.f.ReadAt(buf, int64(e.dataOff)); err != nil {
+	if err := w.st.readAt(buf, e.dataOff); err != nil {
 		return nil, fmt.Errorf("storage: read back %s: %w", c, err)
 	}
 	b, err := blocks.NewBlockWithCid(buf, c)
@@ -280,19 +202,9 @@ func (w *PieceWriter) Abort() {
 	}
 	w.finished = true
 	w.closed = true
-	w.drain()
+	w.st.stop()
 	w.f.Close()
 	os.Remove(w.path)
-}
-
-// drain stops the committer goroutine and returns its error.
-func (w *PieceWriter) drain() error {
-	if w.drained {
-		return nil
-	}
-	w.drained = true
-	close(w.commitCh)
-	return <-w.commitDone
 }
 
 // Seal finishes the piece as the DAG under root: checks that the DAG is
@@ -313,16 +225,14 @@ func (w *PieceWriter) Seal(ctx context.Context, root cid.Cid) (*Piece, error) {
 }
 
 func (w *PieceWriter) seal(ctx context.Context, root cid.Cid) (*Piece, error) {
-	if err := w.flush(nil); err != nil {
-		return nil, err
-	}
-	w.closed = true
-	if err := w.drain(); err != nil {
-		return nil, fmt.Errorf("storage: commitment: %w", err)
-	}
 	if w.err != nil {
 		return nil, w.err
 	}
+	w.closed = true
+	if err := w.st.finish(); err != nil {
+		return nil, err
+	}
+	w.off = w.st.offset()
 	order, err := w.canonicalOrder(root)
 	if err != nil {
 		return nil, err
@@ -343,7 +253,7 @@ func (w *PieceWriter) seal(ctx context.Context, root cid.Cid) (*Piece, error) {
 		if _, err := w.f.WriteAt(header, 0); err != nil {
 			return nil, fmt.Errorf("storage: write piece header: %w", err)
 		}
-		if commitment, layers, err = w.commit.FinishWithPrefix(header); err != nil {
+		if commitment, layers, err = w.st.commit.FinishWithPrefix(header); err != nil {
 			return nil, fmt.Errorf("storage: commitment: %w", err)
 		}
 	} else {

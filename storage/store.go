@@ -69,6 +69,9 @@ type Store struct {
 	// faults, when set by tests, is called before every write with its size
 	// and may fail it (full disk, I/O error).
 	faults func(n int) error
+	// noDirect, set by tests, makes piece writes go through the page cache
+	// as on file systems without O_DIRECT.
+	noDirect bool
 	// putMu serialises loose appends (held across their I/O on purpose: one
 	// appender at a time, readers never take it).
 	putMu sync.Mutex

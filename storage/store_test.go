@@ -14,6 +14,7 @@ import (
 	"github.com/ipfs/go-cid"
 	ipld "github.com/ipfs/go-ipld-format"
 	carv2 "github.com/ipld/go-car/v2"
+	mh "github.com/multiformats/go-multihash"
 
 	"github.com/quarrynet/quarry/internal/dagio"
 	"github.com/quarrynet/quarry/internal/keystream"
@@ -90,8 +91,14 @@ func pieceFiles(t *testing.T, s *Store) []string {
 }
 
 func TestRoundTripEveryProfileAndReopen(t *testing.T) {
+	t.Run("direct", func(t *testing.T) { testRoundTrip(t, false) })
+	t.Run("buffered", func(t *testing.T) { testRoundTrip(t, true) })
+}
+
+func testRoundTrip(t *testing.T, buffered bool) {
 	dir := t.TempDir()
 	s := openTest(t, dir)
+	s.noDirect = buffered
 	sizes := []int64{0, 1, 262143, 262144, 262145, 3 << 20, 5<<20 + 17}
 	type added struct {
 		root cid.Cid
@@ -403,11 +410,17 @@ func TestFullDiskFailsCleanly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = dagio.ImportFile(ctx, w, keystream.Reader(9, 8<<20), p)
+	// Writes are asynchronous: the error surfaces from a later Add or, at
+	// the latest, from Seal.
+	n, err := dagio.ImportFile(ctx, w, keystream.Reader(9, 20<<20), p)
+	if err == nil {
+		_, err = w.Seal(ctx, n.Cid())
+	} else {
+		w.Abort()
+	}
 	if !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("import onto a full disk: %v, want ENOSPC", err)
 	}
-	w.Abort()
 	s.faults = nil
 	if files := pieceFiles(t, s); len(files) != 1 {
 		t.Fatalf("files after failed import: %v", files)
@@ -459,5 +472,35 @@ func TestExportOfSubDAGWalksBlockstore(t *testing.T) {
 	}
 	if _, err := s.Export(context.Background(), cid.MustParse("bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"), io.Discard); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("export of an absent CID: %v", err)
+	}
+}
+
+// A writer serves back what it holds while still writing, whether the
+// bytes are on disk, staged, or split between the two.
+func TestPieceWriterReadsBackWhileWriting(t *testing.T) {
+	for _, buffered := range []bool{false, true} {
+		s := openTest(t, t.TempDir())
+		s.noDirect = buffered
+		w, err := s.NewPieceWriter(36)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var bs []blocks.Block
+		for i := 0; i < 40; i++ { // ~23 MiB: several staging buffers, blocks straddling them
+			data := keystream.Bytes(600_000 + i*1000)[i:]
+			c, _ := cid.V1Builder{Codec: cid.Raw, MhType: mh.SHA2_256}.Sum(data)
+			b, _ := blocks.NewBlockWithCid(data, c)
+			bs = append(bs, b)
+			if err := w.AddBlock(b); err != nil {
+				t.Fatal(err)
+			}
+			for _, old := range []blocks.Block{bs[0], bs[i/2], b} {
+				n, err := w.Get(context.Background(), old.Cid())
+				if err != nil || !bytes.Equal(n.RawData(), old.RawData()) {
+					t.Fatalf("buffered=%v block %d: read back wrong: %v", buffered, i, err)
+				}
+			}
+		}
+		w.Abort()
 	}
 }

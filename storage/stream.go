@@ -1,0 +1,290 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/quarrynet/quarry/proofs"
+)
+
+// A pieceStream moves a piece's bytes from the importer to disk and to the
+// commitment hasher without making the importer wait for either:
+//
+//	importer ──copy──▶ staging buffer (8 MiB) ──┬──▶ writer goroutine: pwrite (O_DIRECT when the fs allows)
+//	                                             └──▶ commit goroutine: proofs.Committer.Write
+//
+// A buffer goes back to the free list when both are done with it; with
+// streamBuffers buffers the importer runs at most that far ahead. Direct I/O
+// keeps a GiB-sized import from pushing a GiB through the page cache (whose
+// copy and reclaim cost more CPU than the hashing here); the final partial
+// block goes through the page cache, and Seal's fdatasync covers both.
+type pieceStream struct {
+	s      *Store
+	f      *os.File // buffered: reads, the header, the unaligned tail
+	df     *os.File // O_DIRECT, or f when direct I/O is unavailable
+	direct bool
+	hdrLen int
+	commit *proofs.Committer
+
+	cur    []byte // staging buffer being filled
+	curOff uint64 // file offset of cur[0]
+	free   chan []byte
+	nbufs  int
+
+	wq, cq       chan *streamJob
+	wdone, cdone chan struct{}
+	stopped      bool
+
+	errMu sync.Mutex
+	err   error // first error of the background goroutines
+
+	started uint64 // buffered mode: bytes whose writeback was started
+}
+
+const (
+	streamBufSize = 8 << 20 // a multiple of the direct-I/O alignment and of proofs' zero-copy size
+	streamBuffers = 4
+	dioAlign      = 4096
+)
+
+type streamJob struct {
+	buf     []byte
+	off     uint64
+	final   bool
+	refs    atomic.Int32
+	barrier chan struct{}
+}
+
+func newPieceStream(s *Store, f *os.File, path string, hdrLen int, direct bool) *pieceStream {
+	st := &pieceStream{
+		s: s, f: f, df: f, hdrLen: hdrLen,
+		commit: proofs.NewCommitterDeferred(hdrLen),
+		free:   make(chan []byte, streamBuffers),
+		wq:     make(chan *streamJob, streamBuffers),
+		cq:     make(chan *streamJob, streamBuffers),
+		wdone:  make(chan struct{}),
+		cdone:  make(chan struct{}),
+	}
+	if direct {
+		if df, err := os.OpenFile(path, os.O_WRONLY|syscall.O_DIRECT, 0); err == nil {
+			st.df, st.direct = df, true
+		}
+	}
+	st.cur = st.getBuf()[:hdrLen] // placeholder zeros for the CAR header
+	go st.runWriter()
+	go st.runCommitter()
+	return st
+}
+
+// offset is the stream's length so far (the next byte's file offset).
+func (st *pieceStream) offset() uint64 { return st.curOff + uint64(len(st.cur)) }
+
+func (st *pieceStream) setErr(err error) {
+	st.errMu.Lock()
+	if st.err == nil {
+		st.err = err
+	}
+	st.errMu.Unlock()
+}
+
+func (st *pieceStream) firstErr() error {
+	st.errMu.Lock()
+	defer st.errMu.Unlock()
+	return st.err
+}
+
+func (st *pieceStream) getBuf() []byte {
+	select {
+	case b := <-st.free:
+		return b
+	default:
+	}
+	if st.nbufs < streamBuffers {
+		st.nbufs++
+		return alignedBuf(streamBufSize)
+	}
+	return <-st.free
+}
+
+// alignedBuf returns n zeroed bytes starting at a dioAlign boundary.
+func alignedBuf(n int) []byte {
+	b := make([]byte, n+dioAlign)
+	skip := 0
+	if a := int(uintptr(unsafe.Pointer(&b[0])) % dioAlign); a != 0 {
+		skip = dioAlign - a
+	}
+	return b[skip : skip+n : skip+n]
+}
+
+// write appends p to the stream.
+func (st *pieceStream) write(p []byte) error {
+	for len(p) > 0 {
+		n := copy(st.cur[len(st.cur):cap(st.cur)], p)
+		st.cur = st.cur[:len(st.cur)+n]
+		p = p[n:]
+		if len(st.cur) == cap(st.cur) {
+			if err := st.submit(false); err != nil {
+				return err
+			}
+		}
+	}
+	return st.firstErr()
+}
+
+func (st *pieceStream) submit(final bool) error {
+	j := &streamJob{buf: st.cur, off: st.curOff, final: final}
+	j.refs.Store(2)
+	st.wq <- j
+	st.cq <- j
+	st.curOff += uint64(len(st.cur))
+	if final {
+		st.cur = nil
+		return nil
+	}
+	st.cur = st.getBuf()[:0]
+	return st.firstErr()
+}
+
+func (st *pieceStream) release(j *streamJob) {
+	if j.refs.Add(-1) == 0 && !j.final {
+		st.free <- j.buf[:0]
+	}
+}
+
+func (st *pieceStream) runWriter() {
+	defer close(st.wdone)
+	for j := range st.wq {
+		if j.barrier != nil {
+			close(j.barrier)
+			continue
+		}
+		if st.firstErr() == nil {
+			if err := st.writeJob(j); err != nil {
+				st.setErr(err)
+			}
+		}
+		st.release(j)
+	}
+}
+
+func (st *pieceStream) writeJob(j *streamJob) error {
+	if err := st.s.writeHook(len(j.buf)); err != nil {
+		return err
+	}
+	buf, off := j.buf, int64(j.off)
+	if st.direct {
+		aligned := len(buf) &^ (dioAlign - 1)
+		if aligned > 0 {
+			if err := pwriteAll(st.df, buf[:aligned], off); err != nil {
+				return err
+			}
+		}
+		buf, off = buf[aligned:], off+int64(aligned)
+	}
+	if len(buf) > 0 {
+		if err := pwriteAll(st.f, buf, off); err != nil {
+			return err
+		}
+	}
+	if !st.direct && !st.s.cfg.NoSync {
+		end := j.off + uint64(len(j.buf))
+		if end-st.started >= writeBehind {
+			// Start writeback of what is written so far; Seal waits for it.
+			_ = unix.SyncFileRange(int(st.f.Fd()), int64(st.started), int64(end-st.started), unix.SYNC_FILE_RANGE_WRITE)
+			st.started = end
+		}
+	}
+	return nil
+}
+
+func pwriteAll(f *os.File, b []byte, off int64) error {
+	for len(b) > 0 {
+		n, err := unix.Pwrite(int(f.Fd()), b, off)
+		if err != nil {
+			return fmt.Errorf("storage: write piece: %w", err)
+		}
+		if n == 0 {
+			return fmt.Errorf("storage: write piece: %w", errors.New("short write"))
+		}
+		b, off = b[n:], off+int64(n)
+	}
+	return nil
+}
+
+func (st *pieceStream) runCommitter() {
+	defer close(st.cdone)
+	for j := range st.cq {
+		p := j.buf
+		if j.off == 0 {
+			p = p[st.hdrLen:] // the deferred committer starts after the header
+		}
+		if st.firstErr() == nil {
+			if _, err := st.commit.Write(p); err != nil {
+				st.setErr(fmt.Errorf("storage: commitment: %w", err))
+			}
+		}
+		st.release(j)
+	}
+}
+
+// barrier waits until every submitted buffer is on disk.
+func (st *pieceStream) barrier() {
+	j := &streamJob{barrier: make(chan struct{})}
+	st.wq <- j
+	<-j.barrier
+}
+
+// readAt reads stream bytes [off, off+len(p)) written so far.
+func (st *pieceStream) readAt(p []byte, off uint64) error {
+	end := off + uint64(len(p))
+	if end > st.offset() {
+		return errors.New("storage: read beyond the piece written so far")
+	}
+	if off < st.curOff {
+		st.barrier()
+		n := min(end, st.curOff) - off
+		if _, err := st.f.ReadAt(p[:n], int64(off)); err != nil {
+			return err
+		}
+		p, off = p[n:], off+n
+	}
+	if len(p) > 0 {
+		copy(p, st.cur[off-st.curOff:])
+	}
+	return nil
+}
+
+// finish writes the rest and stops the goroutines. The stream's bytes are
+// then in the file (not yet synced) and in the committer.
+func (st *pieceStream) finish() error {
+	if st.stopped {
+		return st.firstErr()
+	}
+	if len(st.cur) > 0 {
+		st.submit(true)
+	}
+	st.stop()
+	return st.firstErr()
+}
+
+// stop ends the goroutines without writing what is staged.
+func (st *pieceStream) stop() {
+	if st.stopped {
+		return
+	}
+	st.stopped = true
+	close(st.wq)
+	close(st.cq)
+	<-st.wdone
+	<-st.cdone
+	if st.direct {
+		st.df.Close()
+	}
+}
