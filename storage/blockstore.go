@@ -143,16 +143,6 @@ func (s *Store) ReadBlock(ctx context.Context, c cid.Cid, buf []byte) ([]byte, e
 	return nil, firstErr
 }
 
-// View calls fn with the verified block bytes without handing them to the
-// caller to keep (boxo's blockstore.Viewer).
-func (s *Store) View(ctx context.Context, c cid.Cid, fn func([]byte) error) error {
-	b, err := s.Get(ctx, c)
-	if err != nil {
-		return err
-	}
-	return fn(b.RawData())
-}
-
 // Has reports whether the store holds c (without reading it).
 func (s *Store) Has(ctx context.Context, c cid.Cid) (bool, error) {
 	if _, ok := identityData(c); ok {

@@ -61,6 +61,7 @@ type Store struct {
 		closed bool
 		nextID uint64
 		files  map[uint64]*os.File // open read handles of sealed and loose pieces
+		maps   map[uint64]*mapping // read-only mappings of sealed pieces (nil: not mappable)
 		loose  *looseFile          // current loose-block file, nil until first Put
 	}
 	// sealMu serialises the final check-and-index step of Seal so that two
@@ -129,6 +130,7 @@ func Open(cfg Config) (*Store, error) {
 		s.writeOpts = pebble.NoSync
 	}
 	s.mu.files = make(map[uint64]*os.File)
+	s.mu.maps = make(map[uint64]*mapping)
 	if err := s.loadNextID(); err != nil {
 		db.Close()
 		return nil, err
@@ -156,6 +158,9 @@ func (s *Store) Close() error {
 	}
 	for _, f := range s.mu.files {
 		errs = append(errs, f.Close())
+	}
+	for id := range s.mu.maps {
+		s.dropMapLocked(id)
 	}
 	errs = append(errs, s.db.Close())
 	return errors.Join(errs...)
@@ -413,6 +418,7 @@ func (s *Store) openPiece(id uint64) (*os.File, error) {
 
 func (s *Store) dropHandle(id uint64) {
 	s.mu.Lock()
+	s.dropMapLocked(id)
 	f := s.mu.files[id]
 	delete(s.mu.files, id)
 	s.mu.Unlock()

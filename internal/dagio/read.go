@@ -32,6 +32,12 @@ type BufferedBlockReader interface {
 	ReadBlock(ctx context.Context, c cid.Cid, buf []byte) ([]byte, error)
 }
 
+// BlockViewer lends verified block bytes for the duration of a callback
+// (boxo's blockstore.Viewer; storage.Store maps sealed pieces for it).
+type BlockViewer interface {
+	View(ctx context.Context, c cid.Cid, fn func([]byte) error) error
+}
+
 // Errors from the read path.
 var (
 	ErrNotFile = errors.New("dagio: not a UnixFS file")
@@ -50,10 +56,29 @@ func Cat(ctx context.Context, bg BlockGetter, root cid.Cid, w io.Writer) (int64,
 	jobs := make(chan *fetch, window)
 	defer close(jobs)
 	br, _ := bg.(BufferedBlockReader)
+	viewer, _ := bg.(BlockViewer)
 	var pool sync.Pool
 	for range workers {
 		go func() {
 			for f := range jobs {
+				if viewer != nil && f.c.Type() == cid.Raw {
+					// Zero-copy: the worker holds the block (pinned by View)
+					// until the writer has written it.
+					f.consumed = make(chan struct{})
+					called := false
+					err := viewer.View(ctx, f.c, func(data []byte) error {
+						called = true
+						f.data = data
+						close(f.done)
+						<-f.consumed
+						return nil
+					})
+					if !called {
+						f.err = err
+						close(f.done)
+					}
+					continue
+				}
 				if br != nil {
 					var buf []byte
 					if p, ok := pool.Get().(*[]byte); ok {
@@ -75,6 +100,11 @@ func Cat(ctx context.Context, bg BlockGetter, root cid.Cid, w io.Writer) (int64,
 	// are always being fetched; entries pushed back by an expansion keep
 	// their fetch, so at most window × depth blocks are held.
 	queue := []*fetch{{c: root}}
+	defer func() {
+		for _, f := range queue {
+			f.release()
+		}
+	}()
 	var written int64
 	isRoot := true
 	for len(queue) > 0 {
@@ -105,7 +135,9 @@ func Cat(ctx context.Context, bg BlockGetter, root cid.Cid, w io.Writer) (int64,
 				return written, err
 			}
 		}
-		if br != nil {
+		if f.consumed != nil {
+			f.release()
+		} else if br != nil {
 			// The bytes are written (or copied out as inline data of an
 			// inner node's children list): the buffer can be reused.
 			buf := f.data[:0]
@@ -125,10 +157,25 @@ func Cat(ctx context.Context, bg BlockGetter, root cid.Cid, w io.Writer) (int64,
 }
 
 type fetch struct {
-	c    cid.Cid
-	data []byte
+	c        cid.Cid
+	data     []byte
+	consumed chan struct{} // closed by the writer to unpin a viewed block
+	released bool
 	err  error
 	done chan struct{}
+}
+
+// release unpins a viewed block (once). Only the writer goroutine calls it;
+// the worker sets consumed before it closes done.
+func (f *fetch) release() {
+	if f.done == nil || f.released {
+		return
+	}
+	<-f.done
+	if f.consumed != nil {
+		f.released = true
+		close(f.consumed)
+	}
 }
 
 // fileNode returns the file bytes a block holds itself and the children
