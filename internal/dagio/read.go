@@ -161,8 +161,8 @@ type fetch struct {
 	data     []byte
 	consumed chan struct{} // closed by the writer to unpin a viewed block
 	released bool
-	err  error
-	done chan struct{}
+	err      error
+	done     chan struct{}
 }
 
 // release unpins a viewed block (once). Only the writer goroutine calls it;
