@@ -32,7 +32,10 @@
 //     one synced batch. Crash before the commit: nothing of this Ready
 //     happened, and nothing that depends on it was sent, so peers see at
 //     worst a slow replica. Crash after: the log and the vote are durable,
-//     which is what raft needs before anyone is told about them.
+//     which is what raft needs before anyone is told about them. Pebble
+//     treats a failed WAL write or sync as fatal (Options.Logger.Fatalf,
+//     which must end the process), so a replica whose disk fails stops
+//     here and never sends what the lost write would have backed.
 //  2. Send. Only now are Ready.Messages handed to the Transport: a vote
 //     or an append acknowledgement is never sent for a term, vote or entry
 //     that a crash could forget. MsgSnap goes to Transport.SendSnapshot,

@@ -18,7 +18,12 @@ type pebbleLogger struct{ t testing.TB }
 
 func (l pebbleLogger) Infof(string, ...any)         {}
 func (l pebbleLogger) Errorf(f string, args ...any) { l.t.Logf("pebble: "+f, args...) }
-func (l pebbleLogger) Fatalf(f string, args ...any) { l.t.Fatalf("pebble: "+f, args...) }
+func (l pebbleLogger) Fatalf(f string, args ...any) {
+	// Pebble calls Fatalf from whatever goroutine hit the error (e.g. a
+	// failed WAL write during Commit on the Ready loop); t.Fatalf there
+	// would only end that goroutine and hang the test.
+	panic(fmt.Sprintf("pebble: "+f, args...))
+}
 func openTestDB(t testing.TB, dir string) *pebble.DB {
 	t.Helper()
 	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{t}})
