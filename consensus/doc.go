@@ -25,11 +25,15 @@
 // peer, a proposal, a read request, a conf change, or a transport report —
 // feeds it to the RawNode and then drains every pending Ready:
 //
-//  1. Persist. If the Ready carries a snapshot, its data, its metadata,
-//     the removal of every older log entry, the new log entries and the
-//     hard state go into ONE Pebble batch, committed with fsync (when
-//     Ready.MustSync). Otherwise the entries and the hard state go into
-//     one synced batch. Crash before the commit: nothing of this Ready
+//  1. Persist. The received snapshot if any (data, metadata, and the
+//     removal of every older log entry), the new log entries and the hard
+//     state go into ONE Pebble batch (LogStore.Save), committed with fsync
+//     whenever there is a snapshot, new entries, or a new term or vote
+//     (Ready.MustSync). A hard state that only moves the commit index is
+//     written without fsync; if a crash loses it while the Applier kept
+//     entries beyond it, New raises the commit index to the applied index
+//     (those entries were committed, or they would not have been
+//     applied). Crash before the commit: nothing of this Ready
 //     happened, and nothing that depends on it was sent, so peers see at
 //     worst a slow replica. Crash after: the log and the vote are durable,
 //     which is what raft needs before anyone is told about them. Pebble
@@ -62,7 +66,8 @@
 //     Applier's result, linearizable reads whose read index is now applied
 //     are released, conf changes that were applied are confirmed.
 //  6. Snapshot and compact. When Config.SnapshotEntries entries have been
-//     applied since the last snapshot, the Applier's state is captured
+//     applied since the last snapshot, or a membership change was just
+//     applied (see Membership), the Applier's state is captured
 //     (Applier.Snapshot) at the applied index and stored with the current
 //     ConfState in one synced batch; then log entries older than
 //     applied − Config.CatchUpEntries are deleted, so slow followers can
