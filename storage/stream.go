@@ -38,9 +38,11 @@ type pieceStream struct {
 	free   chan []byte
 	nbufs  int
 
-	wq, cq       chan *streamJob
-	wdone, cdone chan struct{}
-	stopped      bool
+	wq, cq   chan *streamJob
+	writers  sync.WaitGroup // writer goroutines
+	inflight sync.WaitGroup // submitted buffers not yet on disk
+	cdone    chan struct{}
+	stopped  bool
 
 	errMu sync.Mutex
 	err   error // first error of the background goroutines
@@ -50,16 +52,16 @@ type pieceStream struct {
 
 const (
 	streamBufSize = 8 << 20 // a multiple of the direct-I/O alignment and of proofs' zero-copy size
-	streamBuffers = 4
+	streamBuffers = 6
+	streamWriters = 3
 	dioAlign      = 4096
 )
 
 type streamJob struct {
-	buf     []byte
-	off     uint64
-	final   bool
-	refs    atomic.Int32
-	barrier chan struct{}
+	buf   []byte
+	off   uint64
+	final bool
+	refs  atomic.Int32
 }
 
 func newPieceStream(s *Store, f *os.File, path string, hdrLen int, direct bool) *pieceStream {
@@ -69,7 +71,6 @@ func newPieceStream(s *Store, f *os.File, path string, hdrLen int, direct bool) 
 		free:   make(chan []byte, streamBuffers),
 		wq:     make(chan *streamJob, streamBuffers),
 		cq:     make(chan *streamJob, streamBuffers),
-		wdone:  make(chan struct{}),
 		cdone:  make(chan struct{}),
 	}
 	if direct {
@@ -78,7 +79,16 @@ func newPieceStream(s *Store, f *os.File, path string, hdrLen int, direct bool) 
 		}
 	}
 	st.cur = st.getBuf()[:hdrLen] // placeholder zeros for the CAR header
-	go st.runWriter()
+	// Direct writes go to the device synchronously: several in flight keep
+	// it busy. Buffered mode keeps one writer (its write-behind is ordered).
+	nw := 1
+	if st.direct {
+		nw = streamWriters
+	}
+	st.writers.Add(nw)
+	for range nw {
+		go st.runWriter()
+	}
 	go st.runCommitter()
 	return st
 }
@@ -141,6 +151,7 @@ func (st *pieceStream) write(p []byte) error {
 func (st *pieceStream) submit(final bool) error {
 	j := &streamJob{buf: st.cur, off: st.curOff, final: final}
 	j.refs.Store(2)
+	st.inflight.Add(1)
 	st.wq <- j
 	st.cq <- j
 	st.curOff += uint64(len(st.cur))
@@ -159,18 +170,15 @@ func (st *pieceStream) release(j *streamJob) {
 }
 
 func (st *pieceStream) runWriter() {
-	defer close(st.wdone)
+	defer st.writers.Done()
 	for j := range st.wq {
-		if j.barrier != nil {
-			close(j.barrier)
-			continue
-		}
 		if st.firstErr() == nil {
 			if err := st.writeJob(j); err != nil {
 				st.setErr(err)
 			}
 		}
 		st.release(j)
+		st.inflight.Done()
 	}
 }
 
@@ -234,12 +242,8 @@ func (st *pieceStream) runCommitter() {
 	}
 }
 
-// barrier waits until every submitted buffer is on disk.
-func (st *pieceStream) barrier() {
-	j := &streamJob{barrier: make(chan struct{})}
-	st.wq <- j
-	<-j.barrier
-}
+// barrier waits until every submitted buffer is written.
+func (st *pieceStream) barrier() { st.inflight.Wait() }
 
 // readAt reads stream bytes [off, off+len(p)) written so far.
 func (st *pieceStream) readAt(p []byte, off uint64) error {
@@ -282,7 +286,7 @@ func (st *pieceStream) stop() {
 	st.stopped = true
 	close(st.wq)
 	close(st.cq)
-	<-st.wdone
+	st.writers.Wait()
 	<-st.cdone
 	if st.direct {
 		st.df.Close()

@@ -95,7 +95,20 @@ func ImportFile(ctx context.Context, dst ipld.DAGService, r io.Reader, p Profile
 		CidBuilder: p.CidBuilder(),
 		Dagserv:    &ctxDAG{DAGService: dst, ctx: ctx},
 	}
-	db, err := params.New(chunker.NewSizeSplitter(r, p.ChunkSize))
+	var spl chunker.Splitter
+	if p.RawLeaves {
+		// Leaf CIDs are hashes of the chunks: compute them ahead, in parallel.
+		cache := &prehashCache{}
+		leaf := p.CidBuilder().(cid.Prefix)
+		leaf.Codec = cid.Raw
+		ps := newPrehashSplitter(r, p.ChunkSize, leaf, cache)
+		defer ps.Close()
+		params.CidBuilder = prehashBuilder{prefix: p.CidBuilder().(cid.Prefix), cache: cache}
+		spl = ps
+	} else {
+		spl = chunker.NewSizeSplitter(r, p.ChunkSize)
+	}
+	db, err := params.New(spl)
 	if err != nil {
 		return nil, err
 	}
