@@ -247,3 +247,20 @@ func TestDemoRoundTrip(t *testing.T) {
 		t.Fatalf("demo output: %s", out.String())
 	}
 }
+
+// No progress bar (nor anything else) goes to stderr when it is not a
+// terminal, so piped and scripted use stays clean.
+func TestNoProgressWhenPiped(t *testing.T) {
+	repo, tmp := t.TempDir(), t.TempDir()
+	src := filepath.Join(tmp, "f.bin")
+	writeKS(t, src, 0, 9<<20)
+	var out, errOut bytes.Buffer
+	root := newRootCmd(&out, &errOut)
+	root.SetArgs([]string{"--repo", repo, "add", src})
+	if err := root.ExecuteContext(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if errOut.Len() != 0 {
+		t.Fatalf("stderr not empty when piped: %q", errOut.String())
+	}
+}
