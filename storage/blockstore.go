@@ -93,27 +93,11 @@ func (s *Store) Get(ctx context.Context, c cid.Cid) (blocks.Block, error) {
 	if !c.Defined() {
 		return nil, ipld.ErrNotFound{Cid: c}
 	}
-	if data, ok := identityData(c); ok {
-		return blocks.NewBlockWithCid(data, c)
-	}
-	locs, err := s.locate(c.Hash(), 0)
+	data, err := s.ReadBlock(ctx, c, nil)
 	if err != nil {
 		return nil, err
 	}
-	if len(locs) == 0 {
-		return nil, ipld.ErrNotFound{Cid: c}
-	}
-	var firstErr error
-	for _, loc := range locs {
-		data, err := s.readVerified(c, loc, nil)
-		if err == nil {
-			return blocks.NewBlockWithCid(data, c)
-		}
-		if firstErr == nil {
-			firstErr = err
-		}
-	}
-	return nil, firstErr
+	return blocks.NewBlockWithCid(data, c)
 }
 
 // ReadBlock reads the block for c into buf (grown if too small) after

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/ipfs/go-cid"
 	carv2 "github.com/ipld/go-car/v2"
 	"github.com/spf13/cobra"
 
@@ -105,26 +106,33 @@ func treeSize(path string, st os.FileInfo) int64 {
 	return n
 }
 
+// withStore parses a CID argument, opens the repo's store and runs fn.
+func (g *globals) withStore(arg string, fn func(s *storage.Store, c cid.Cid) error) error {
+	c, err := parseCID(arg)
+	if err != nil {
+		return err
+	}
+	s, err := g.openStore()
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	return fn(s, c)
+}
+
 func newCatCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "cat CID",
 		Short: "Write a file's bytes to stdout, every block verified",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := parseCID(args[0])
-			if err != nil {
-				return err
-			}
-			s, err := g.openStore()
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			bw := bufio.NewWriterSize(g.stdout, 1<<20)
-			if _, err := dagio.Cat(cmd.Context(), s, c, bw); err != nil {
-				return fmt.Errorf("cat %s: %w", c, err)
-			}
-			return bw.Flush()
+			return g.withStore(args[0], func(s *storage.Store, c cid.Cid) error {
+				bw := bufio.NewWriterSize(g.stdout, 1<<20)
+				if _, err := dagio.Cat(cmd.Context(), s, c, bw); err != nil {
+					return fmt.Errorf("cat %s: %w", c, err)
+				}
+				return bw.Flush()
+			})
 		},
 	}
 }
@@ -136,23 +144,17 @@ func newGetCmd(g *globals) *cobra.Command {
 		Short: "Write a file or directory tree to disk, every block verified",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := parseCID(args[0])
-			if err != nil {
-				return err
-			}
-			if out == "" {
-				out = c.String()
-			}
-			s, err := g.openStore()
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			if err := dagio.Get(cmd.Context(), s, c, out); err != nil {
-				return fmt.Errorf("get %s: %w", c, err)
-			}
-			fmt.Fprintf(g.stdout, "saved %s to %s\n", c, out)
-			return nil
+			return g.withStore(args[0], func(s *storage.Store, c cid.Cid) error {
+				dst := out
+				if dst == "" {
+					dst = c.String()
+				}
+				if err := dagio.Get(cmd.Context(), s, c, dst); err != nil {
+					return fmt.Errorf("get %s: %w", c, err)
+				}
+				fmt.Fprintf(g.stdout, "saved %s to %s\n", c, dst)
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVarP(&out, "output", "o", "", "where to write (default: the CID); must not exist")
@@ -166,27 +168,21 @@ func newExportCmd(g *globals) *cobra.Command {
 		Short: "Write a DAG as a CARv1 (the piece) to stdout or -o FILE",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := parseCID(args[0])
-			if err != nil {
-				return err
-			}
-			s, err := g.openStore()
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			if out == "" || out == "-" {
-				_, err = s.Export(cmd.Context(), c, g.stdout)
-			} else {
-				err = createAtomic(out, func(w io.Writer) error {
-					_, err := s.Export(cmd.Context(), c, w)
-					return err
-				})
-			}
-			if err != nil {
-				return fmt.Errorf("export %s: %w", c, err)
-			}
-			return nil
+			return g.withStore(args[0], func(s *storage.Store, c cid.Cid) error {
+				var err error
+				if out == "" || out == "-" {
+					_, err = s.Export(cmd.Context(), c, g.stdout)
+				} else {
+					err = createAtomic(out, func(w io.Writer) error {
+						_, err := s.Export(cmd.Context(), c, w)
+						return err
+					})
+				}
+				if err != nil {
+					return fmt.Errorf("export %s: %w", c, err)
+				}
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVarP(&out, "output", "o", "", "write to FILE instead of stdout")
@@ -272,30 +268,23 @@ func newLsCmd(g *globals) *cobra.Command {
 		Short: "List a directory's entries",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := parseCID(args[0])
-			if err != nil {
-				return err
-			}
-			s, err := g.openStore()
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			ents, err := dagio.Ls(cmd.Context(), s, c)
-			if err != nil {
-				return fmt.Errorf("ls %s: %w", c, err)
-			}
-			if asJSON {
-				return writeJSON(g.stdout, ents)
-			}
-			for _, e := range ents {
-				name := e.Name
-				if e.Type == "directory" {
-					name += "/"
+			return g.withStore(args[0], func(s *storage.Store, c cid.Cid) error {
+				ents, err := dagio.Ls(cmd.Context(), s, c)
+				if err != nil {
+					return fmt.Errorf("ls %s: %w", c, err)
 				}
-				fmt.Fprintf(g.stdout, "%s %d %s\n", e.Cid, e.Size, name)
-			}
-			return nil
+				if asJSON {
+					return writeJSON(g.stdout, ents)
+				}
+				for _, e := range ents {
+					name := e.Name
+					if e.Type == "directory" {
+						name += "/"
+					}
+					fmt.Fprintf(g.stdout, "%s %d %s\n", e.Cid, e.Size, name)
+				}
+				return nil
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -308,20 +297,13 @@ func newRmCmd(g *globals) *cobra.Command {
 		Short: "Delete the DAG stored under a root CID and reclaim its space",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := parseCID(args[0])
-			if err != nil {
-				return err
-			}
-			s, err := g.openStore()
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			if err := s.Delete(cmd.Context(), c); err != nil {
-				return fmt.Errorf("rm %s: %w", c, err)
-			}
-			fmt.Fprintf(g.stdout, "removed %s\n", c)
-			return nil
+			return g.withStore(args[0], func(s *storage.Store, c cid.Cid) error {
+				if err := s.Delete(cmd.Context(), c); err != nil {
+					return fmt.Errorf("rm %s: %w", c, err)
+				}
+				fmt.Fprintf(g.stdout, "removed %s\n", c)
+				return nil
+			})
 		},
 	}
 }
