@@ -447,3 +447,7 @@ func (w *PieceWriter) rewrite(header []byte, order []int) (proofs.Commitment, *p
 	w.entries = entries
 	return commitment, layers, nil
 }
+
+// CopiesBlocks tells importers that Add copies a node's bytes and keeps no
+// reference to them (so they may hand it memory they will unmap).
+func (w *PieceWriter) CopiesBlocks() bool { return true }

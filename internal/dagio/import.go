@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strings"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/ipfs/go-cid"
 	ipld "github.com/ipfs/go-ipld-format"
 	mh "github.com/multiformats/go-multihash"
+	"golang.org/x/sys/unix"
 )
 
 // Profile is a set of UnixFS import settings. Two importers with the same
@@ -89,6 +91,48 @@ func (p Profile) RootLen() int {
 // ImportFile chunks r into a balanced UnixFS file DAG, adds every block to
 // dst (children before parents) and returns the root node.
 func ImportFile(ctx context.Context, dst ipld.DAGService, r io.Reader, p Profile) (ipld.Node, error) {
+	return importFile(ctx, dst, &readerSource{r: r, size: p.ChunkSize}, p, nil, false)
+}
+
+// BlockCopier is implemented by DAG services that copy a node's bytes
+// during Add and keep no reference to them (storage.PieceWriter). Regular
+// files imported into one are read through a memory mapping.
+type BlockCopier interface {
+	CopiesBlocks() bool
+}
+
+// importRegular imports an open regular file of the given size.
+func (im *importer) importRegular(ctx context.Context, f *os.File, size int64) (ipld.Node, error) {
+	bc, ok := im.dst.(BlockCopier)
+	// Mapping pays off for multi-chunk files of raw-leaf profiles; a one-chunk
+	// file's root would be its raw leaf, pointing into the mapping.
+	if ok && bc.CopiesBlocks() && im.p.RawLeaves && size > im.p.ChunkSize {
+		data, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
+		if err == nil {
+			defer unix.Munmap(data)
+			_ = unix.Madvise(data, unix.MADV_SEQUENTIAL)
+			return importFile(ctx, im.dst, &mappedSource{data: data, size: int(im.p.ChunkSize)}, im.p, im.progress(), true)
+		}
+	}
+	var r io.Reader = f
+	if im.opts.Progress != nil {
+		r = &progressReader{r: f, im: im}
+	}
+	return ImportFile(ctx, im.dst, r, im.p)
+}
+
+func (im *importer) progress() func(int64) {
+	if im.opts.Progress == nil {
+		return nil
+	}
+	base := im.read
+	return func(n int64) {
+		im.read = base + n
+		im.opts.Progress(im.read)
+	}
+}
+
+func importFile(ctx context.Context, dst ipld.DAGService, src chunkSource, p Profile, progress func(int64), mapped bool) (n ipld.Node, err error) {
 	params := helpers.DagBuilderParams{
 		Maxlinks:   p.MaxLinks,
 		RawLeaves:  p.RawLeaves,
@@ -101,18 +145,28 @@ func ImportFile(ctx context.Context, dst ipld.DAGService, r io.Reader, p Profile
 		cache := &prehashCache{}
 		leaf := p.CidBuilder().(cid.Prefix)
 		leaf.Codec = cid.Raw
-		ps := newPrehashSplitter(r, p.ChunkSize, leaf, cache)
+		ps := newPrehashSplitter(src, leaf, cache, mapped)
+		ps.progress = progress
 		defer ps.Close()
 		params.CidBuilder = prehashBuilder{prefix: p.CidBuilder().(cid.Prefix), cache: cache}
 		spl = ps
 	} else {
-		spl = chunker.NewSizeSplitter(r, p.ChunkSize)
+		rs, ok := src.(*readerSource)
+		if !ok {
+			return nil, errors.New("dagio: dag-pb leaves need a reader")
+		}
+		spl = chunker.NewSizeSplitter(rs.r, p.ChunkSize)
+	}
+	if mapped {
+		// The builder goroutine copies mapped bytes into the piece (Add).
+		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+		defer func() { faultToError(recover(), &err) }()
 	}
 	db, err := params.New(spl)
 	if err != nil {
 		return nil, err
 	}
-	n, err := balanced.Layout(db)
+	n, err = balanced.Layout(db)
 	if err != nil {
 		return nil, fmt.Errorf("dagio: import: %w", err)
 	}
@@ -174,11 +228,7 @@ func (im *importer) importAny(ctx context.Context, path string, st os.FileInfo) 
 			return nil, err
 		}
 		defer f.Close()
-		var r io.Reader = f
-		if im.opts.Progress != nil {
-			r = &progressReader{r: f, im: im}
-		}
-		return ImportFile(ctx, im.dst, r, im.p)
+		return im.importRegular(ctx, f, st.Size())
 	case st.IsDir():
 		return im.importDir(ctx, path)
 	case st.Mode()&os.ModeSymlink != 0:

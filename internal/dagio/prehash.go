@@ -4,6 +4,8 @@ import (
 	"errors"
 	"io"
 	"runtime"
+	"runtime/debug"
+	"strings"
 	"sync"
 	"unsafe"
 
@@ -82,18 +84,83 @@ type chunkJob struct {
 // prehashSplitter is a chunker.Splitter of fixed-size chunks that reads and
 // hashes ahead of its consumer.
 type prehashSplitter struct {
-	r       io.Reader
-	ordered chan *chunkJob
-	stop    chan struct{}
-	once    sync.Once
-	wg      sync.WaitGroup
+	ordered  chan *chunkJob
+	stop     chan struct{}
+	progress func(int64) // optional, called with the bytes handed out so far
+	read     int64
+	once     sync.Once
+	wg       sync.WaitGroup
 }
 
 var _ chunker.Splitter = (*prehashSplitter)(nil)
 
-func newPrehashSplitter(r io.Reader, size int64, leaf cid.Prefix, cache *prehashCache) *prehashSplitter {
+// chunkSource yields a file's chunks in order; io.EOF ends it.
+type chunkSource interface {
+	next() ([]byte, error)
+}
+
+// readerSource reads fixed-size chunks into fresh buffers.
+type readerSource struct {
+	r    io.Reader
+	size int64
+	done bool
+}
+
+func (rs *readerSource) next() ([]byte, error) {
+	if rs.done {
+		return nil, io.EOF
+	}
+	buf := make([]byte, rs.size)
+	n, err := io.ReadFull(rs.r, buf)
+	switch {
+	case err == io.EOF:
+		return nil, io.EOF
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		rs.done = true
+		return buf[:n], nil
+	case err != nil:
+		return nil, err
+	}
+	return buf, nil
+}
+
+// mappedSource slices chunks out of a read-only mapping of the file: no
+// read copy, no allocation. Touching the mapping faults if the file shrinks
+// under it; the goroutines that touch it turn that fault into errFileChanged.
+type mappedSource struct {
+	data []byte
+	off  int
+	size int
+}
+
+func (ms *mappedSource) next() ([]byte, error) {
+	if ms.off >= len(ms.data) {
+		return nil, io.EOF
+	}
+	end := min(ms.off+ms.size, len(ms.data))
+	b := ms.data[ms.off:end:end]
+	ms.off = end
+	return b, nil
+}
+
+// errFileChanged reports a fault reading a mapped file (it was truncated).
+var errFileChanged = errors.New("dagio: the file changed (shrank) while it was being added")
+
+// faultToError turns a memory fault from a mapped file (with
+// debug.SetPanicOnFault on) into errFileChanged; other panics go on.
+func faultToError(r any, err *error) {
+	if r == nil {
+		return
+	}
+	if re, ok := r.(runtime.Error); ok && strings.Contains(re.Error(), "fault") {
+		*err = errFileChanged
+		return
+	}
+	panic(r)
+}
+
+func newPrehashSplitter(src chunkSource, leaf cid.Prefix, cache *prehashCache, mapped bool) *prehashSplitter {
 	s := &prehashSplitter{
-		r:       r,
 		ordered: make(chan *chunkJob, prehashDepth),
 		stop:    make(chan struct{}),
 	}
@@ -103,10 +170,16 @@ func newPrehashSplitter(r io.Reader, size int64, leaf cid.Prefix, cache *prehash
 	for range workers {
 		go func() {
 			defer s.wg.Done()
+			if mapped {
+				debug.SetPanicOnFault(true)
+			}
 			for j := range work {
-				if c, err := leaf.Sum(j.data); err == nil {
-					cache.m.Store(chunkKey(j.data), prehashed{n: len(j.data), c: c})
-				}
+				func() {
+					defer func() { faultToError(recover(), &j.err) }()
+					if c, err := leaf.Sum(j.data); err == nil {
+						cache.m.Store(chunkKey(j.data), prehashed{n: len(j.data), c: c})
+					}
+				}()
 				close(j.done)
 			}
 		}()
@@ -116,17 +189,12 @@ func newPrehashSplitter(r io.Reader, size int64, leaf cid.Prefix, cache *prehash
 		defer close(work)
 		defer close(s.ordered)
 		for {
-			buf := make([]byte, size)
-			n, err := io.ReadFull(r, buf)
-			j := &chunkJob{data: buf[:n], done: make(chan struct{})}
-			last := false
-			switch {
-			case err == io.EOF:
+			data, err := src.next()
+			if err == io.EOF {
 				return
-			case errors.Is(err, io.ErrUnexpectedEOF):
-				last = true
-			case err != nil:
-				j.err = err
+			}
+			j := &chunkJob{data: data, err: err, done: make(chan struct{})}
+			if err != nil {
 				close(j.done)
 				select {
 				case s.ordered <- j:
@@ -145,16 +213,14 @@ func newPrehashSplitter(r io.Reader, size int64, leaf cid.Prefix, cache *prehash
 				close(j.done)
 				return
 			}
-			if last {
-				return
-			}
 		}
 	}()
 	return s
 }
 
-// Reader is part of chunker.Splitter.
-func (s *prehashSplitter) Reader() io.Reader { return s.r }
+// Reader is part of chunker.Splitter; boxo uses it only for filestore
+// adds, which Quarry does not do.
+func (s *prehashSplitter) Reader() io.Reader { return nil }
 
 // NextBytes returns the next chunk once its CID is cached, or io.EOF.
 func (s *prehashSplitter) NextBytes() ([]byte, error) {
@@ -165,6 +231,10 @@ func (s *prehashSplitter) NextBytes() ([]byte, error) {
 	<-j.done
 	if j.err != nil {
 		return nil, j.err
+	}
+	if s.progress != nil {
+		s.read += int64(len(j.data))
+		s.progress(s.read)
 	}
 	return j.data, nil
 }
