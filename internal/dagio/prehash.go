@@ -5,7 +5,6 @@ import (
 	"io"
 	"runtime"
 	"runtime/debug"
-	"strings"
 	"sync"
 	"unsafe"
 
@@ -152,7 +151,8 @@ func faultToError(r any, err *error) {
 	if r == nil {
 		return
 	}
-	if re, ok := r.(runtime.Error); ok && strings.Contains(re.Error(), "fault") {
+	// debug.SetPanicOnFault panics with a runtime.Error that has Addr.
+	if _, ok := r.(interface{ Addr() uintptr }); ok {
 		*err = errFileChanged
 		return
 	}

@@ -1,0 +1,53 @@
+package dagio
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	ipld "github.com/ipfs/go-ipld-format"
+
+	"github.com/quarrynet/quarry/storage"
+)
+
+// truncatingDAG shrinks the file being imported after a few blocks, as a
+// user truncating a log file mid-add would.
+type truncatingDAG struct {
+	*storage.PieceWriter
+	path  string
+	adds  int
+	after int
+}
+
+func (d *truncatingDAG) Add(ctx context.Context, n ipld.Node) error {
+	d.adds++
+	if d.adds == d.after {
+		if err := os.Truncate(d.path, 1<<20); err != nil {
+			return err
+		}
+	}
+	return d.PieceWriter.Add(ctx, n)
+}
+
+func TestMappedFileShrinkingIsAnErrorNotACrash(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "f.bin")
+	writeFile(t, path, 0, 24<<20)
+	s, err := storage.Open(storage.Config{Dir: t.TempDir(), NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	p, _ := ProfileByName("kubo-v1")
+	w, err := s.NewPieceWriter(p.RootLen())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Abort()
+	_, err = ImportPath(context.Background(), &truncatingDAG{PieceWriter: w, path: path, after: 3}, path, p, ImportOptions{})
+	if !errors.Is(err, errFileChanged) {
+		t.Fatalf("import of a file truncated mid-way: %v, want errFileChanged", err)
+	}
+}
