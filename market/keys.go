@@ -37,10 +37,12 @@ func concat(parts ...[]byte) []byte {
 	return b
 }
 
-func accountKey(id peer.ID) []byte       { return concat(prefixAccount, []byte(id)) }
-func heldKey(module string) []byte       { return concat(prefixHeld, []byte(module)) }
-func blockKey(height uint64) []byte      { return binary.BigEndian.AppendUint64(concat(prefixBlock), height) }
-func txKey(hash [32]byte) []byte         { return concat(prefixTx, hash[:]) }
+func accountKey(id peer.ID) []byte { return concat(prefixAccount, []byte(id)) }
+func heldKey(module string) []byte { return concat(prefixHeld, []byte(module)) }
+func blockKey(height uint64) []byte {
+	return binary.BigEndian.AppendUint64(concat(prefixBlock), height)
+}
+func txKey(hash [32]byte) []byte { return concat(prefixTx, hash[:]) }
 func moduleKey(module string, k []byte) []byte {
 	return concat(prefixModule, []byte(module), []byte{'/'}, k)
 }

@@ -64,6 +64,9 @@ type Ledger struct {
 	modules  []Module
 	bodies   map[protoreflect.Name]Module
 	verifyFn func([]SignatureCheck) []error
+	// someReplica stands in for the proposer when ValidateTx dry-runs a
+	// tx: fees go to it.
+	someReplica peer.ID
 }
 
 // New validates cfg and returns a Ledger.
@@ -81,6 +84,7 @@ func New(cfg Config) (*Ledger, error) {
 		bodies:   map[protoreflect.Name]Module{},
 		verifyFn: cfg.Verify,
 	}
+	l.someReplica, _ = decodePeerID(cfg.Genesis.GetReplicas()[0].GetPeerId())
 	if l.verifyFn == nil {
 		l.verifyFn = VerifySequential
 	}
@@ -220,7 +224,10 @@ func (l *Ledger) ValidateTx(r Reader, raw []byte) (*Tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := l.checkTxState(r, tx, head.GetHeight()+1); err != nil {
+	// Dry-run it as the next block would, on a throwaway overlay, so the
+	// body's own checks (the transfer's funds) run too.
+	hdr := &ledgerv1.BlockHeader{Height: head.GetHeight() + 1, Time: head.GetTime(), Epoch: head.GetEpoch()}
+	if err := l.applyTx(newOverlay(r), hdr, l.someReplica, tx); err != nil {
 		return nil, err
 	}
 	return tx, nil
