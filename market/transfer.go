@@ -3,6 +3,7 @@ package market
 import (
 	"fmt"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
@@ -27,12 +28,9 @@ func (transfers) CheckTx(tx *Tx) error {
 }
 
 func (transfers) ExecTx(ctx *Context, tx *Tx) error {
+	// CheckTx, which always runs first, validated the recipient.
 	t := tx.Msg.GetTransfer()
-	to, err := parsePeerID(t.GetTo())
-	if err != nil {
-		return fmt.Errorf("%w: recipient: %v", ErrMalformed, err)
-	}
-	return ctx.Transfer(tx.Sender, to, t.GetAmount())
+	return ctx.Transfer(tx.Sender, peer.ID(t.GetTo()), t.GetAmount())
 }
 
 func (transfers) Cron(*Context, uint64) error { return nil }
