@@ -82,6 +82,7 @@ The repo is --repo, else $QUARRY_PATH, else ~/.quarry.`,
 		newAddCmd(g), newCatCmd(g), newGetCmd(g), newExportCmd(g), newImportCmd(g),
 		newLsCmd(g), newRmCmd(g), newPiecesCmd(g), newDemoCmd(g),
 		newKeyCmd(g.repoDir),
+		newGenesisCmd(g), newWalletCmd(g), newChainCmd(g),
 	)
 	return root
 }
