@@ -100,8 +100,11 @@ type Config struct {
 	// context is cancelled before cutting them off. Zero means
 	// DefaultDrainTimeout.
 	DrainTimeout time.Duration
-	// ServerOptions are added after the daemon's own (keepalive settings,
-	// more interceptors — chained inside the daemon's).
+	// ServerOptions are added after the daemon's own: keepalive settings,
+	// or more interceptors with grpc.ChainUnaryInterceptor /
+	// ChainStreamInterceptor, which run inside the daemon's (after
+	// authorization). Do not use grpc.UnaryInterceptor here: gRPC would run
+	// it outside the daemon's chain, before request IDs and recovery.
 	ServerOptions []grpc.ServerOption
 }
 

@@ -534,7 +534,11 @@ func TestDrainTimeout(t *testing.T) {
 		_, err := h.client(t, replicaSeed).Echo(callCtx(t), &testingv1.EchoRequest{Block: true})
 		result <- err
 	}()
-	<-h.probe.entered
+	select {
+	case <-h.probe.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the blocking call never reached its handler")
+	}
 	start := time.Now()
 	h.cancel()
 	if err := h.wait(t); err != nil {
