@@ -1,0 +1,271 @@
+package ledger
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/quarrynet/quarry/consensus"
+	"github.com/quarrynet/quarry/market"
+	ledgerv1 "github.com/quarrynet/quarry/proto/quarry/ledger/v1"
+)
+
+// Kinds of log entry (see the package doc).
+const (
+	kindBlock  byte = 0x01
+	kindMember byte = 0x02
+)
+
+// ErrUnknownEntry halts a replica that finds a log entry it cannot read
+// (written by a newer version?): skipping it could diverge from replicas
+// that can.
+var ErrUnknownEntry = errors.New("ledger: unknown log entry kind; upgrade this replica")
+
+// blockOutcome is the Applier's result for a block entry, handed back to
+// the producer that proposed it.
+type blockOutcome struct {
+	res *market.Result // nil when skipped
+	err error          // wraps market.ErrBadBlock when skipped
+}
+
+// applier implements consensus.Applier over the shared Pebble DB. Its
+// methods run on the consensus Run goroutine (and Restore/AppliedIndex also
+// from consensus.New before Run), never concurrently.
+type applier struct {
+	db      *pebble.DB
+	ledger  *market.Ledger
+	log     *slog.Logger
+	metrics *metrics
+	applied uint64
+
+	// Called after the batch that recorded the change has committed.
+	onBlock   func(res *market.Result)
+	onMembers func()
+	onRestore func()
+}
+
+var _ consensus.Applier = (*applier)(nil)
+
+func (a *applier) AppliedIndex() uint64 { return a.applied }
+
+// Apply implements consensus.Applier: one Pebble batch per entry holding
+// the entry's writes and its index.
+func (a *applier) Apply(entries []consensus.Entry) ([]any, error) {
+	results := make([]any, len(entries))
+	for i, e := range entries {
+		r, err := a.applyOne(e)
+		if err != nil {
+			a.log.Error("HALTING REPLICA: cannot apply committed entry", "index", e.Index, "term", e.Term, "err", err)
+			return nil, err
+		}
+		results[i] = r
+	}
+	return results, nil
+}
+
+func (a *applier) applyOne(e consensus.Entry) (any, error) {
+	b := a.db.NewBatch()
+	defer b.Close()
+	var (
+		result    any
+		block     *market.Result
+		memberChg bool
+	)
+	if len(e.Data) > 0 {
+		switch kind, payload := e.Data[0], e.Data[1:]; kind {
+		case kindBlock:
+			start := time.Now()
+			res, err := a.ledger.ApplyBlock(reader{a.db}, payload)
+			switch {
+			case errors.Is(err, market.ErrBadBlock):
+				a.log.Warn("skipping invalid block (deterministic on every replica)", "index", e.Index, "err", err)
+				a.metrics.blocksSkipped.Inc()
+				result = &blockOutcome{err: err}
+			case err != nil:
+				return nil, fmt.Errorf("ledger: apply block at log index %d: %w", e.Index, err)
+			default:
+				if err := res.Writes.Each(func(k, v []byte, deleted bool) error {
+					if deleted {
+						return b.Delete(k, nil)
+					}
+					return b.Set(k, v, nil)
+				}); err != nil {
+					return nil, err
+				}
+				block = res
+				result = &blockOutcome{res: res}
+				a.metrics.applyLatency.Observe(time.Since(start).Seconds())
+			}
+		case kindMember:
+			var c ledgerv1.ReplicaChange
+			if err := proto.Unmarshal(payload, &c); err != nil {
+				return nil, fmt.Errorf("ledger: member entry at log index %d: %w", e.Index, err)
+			}
+			switch {
+			case c.GetPut() != nil:
+				v, err := proto.MarshalOptions{Deterministic: true}.Marshal(c.GetPut())
+				if err != nil {
+					return nil, err
+				}
+				if err := b.Set(memberKey(c.GetPut().GetRaftId()), v, nil); err != nil {
+					return nil, err
+				}
+			case c.GetRemove() != 0:
+				if err := b.Delete(memberKey(c.GetRemove()), nil); err != nil {
+					return nil, err
+				}
+			}
+			memberChg = true
+		default:
+			return nil, fmt.Errorf("%w: kind %#x at log index %d", ErrUnknownEntry, kind, e.Index)
+		}
+	}
+	if err := b.Set(keyApplied, binary.BigEndian.AppendUint64(nil, e.Index), nil); err != nil {
+		return nil, err
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return nil, fmt.Errorf("ledger: commit applied state at log index %d: %w", e.Index, err)
+	}
+	a.applied = e.Index
+	if block != nil {
+		a.metrics.blocksApplied.Inc()
+		a.metrics.txsApplied.Add(float64(len(block.Receipts)))
+		a.metrics.height.Set(float64(block.Header.GetHeight()))
+		a.onBlock(block)
+	}
+	if memberChg {
+		a.onMembers()
+	}
+	return result, nil
+}
+
+// Snapshot implements consensus.Applier.
+func (a *applier) Snapshot() ([]byte, error) {
+	snap := a.db.NewSnapshot()
+	defer snap.Close()
+	return encodeSnapshot(reader{snap})
+}
+
+// Restore implements consensus.Applier. The snapshot's state is checked
+// before anything is written: its chain must be ours, its supply conserved
+// and its state hash, recomputed from scratch, must match its head.
+func (a *applier) Restore(data []byte, index uint64) error {
+	mem, err := decodeSnapshot(data)
+	if err != nil {
+		return err
+	}
+	head, _, err := a.ledger.Head(mem)
+	if err != nil {
+		return fmt.Errorf("ledger: snapshot at %d: %w", index, err)
+	}
+	if head.GetChainId() != a.ledger.ChainID() {
+		return fmt.Errorf("ledger: snapshot at %d is of chain %q, this replica's is %q", index, head.GetChainId(), a.ledger.ChainID())
+	}
+	if err := market.CheckInvariants(a.ledger, mem); err != nil {
+		return fmt.Errorf("ledger: snapshot at %d fails its checks (state hash or supply): %w", index, err)
+	}
+	b := a.db.NewBatch()
+	defer b.Close()
+	for _, p := range snapshotPrefixes {
+		if err := b.DeleteRange(p, prefixEnd(p), nil); err != nil {
+			return err
+		}
+	}
+	if err := mem.Iterate(nil, nil, func(k, v []byte) bool {
+		err = b.Set(k, v, nil)
+		return err == nil
+	}); err != nil {
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	if err := b.Set(keyApplied, binary.BigEndian.AppendUint64(nil, index), nil); err != nil {
+		return err
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("ledger: commit restored snapshot at %d: %w", index, err)
+	}
+	a.applied = index
+	a.metrics.height.Set(float64(head.GetHeight()))
+	a.log.Info("restored state from snapshot", "index", index, "height", head.GetHeight(), "bytes", len(data))
+	if a.onRestore != nil {
+		a.onRestore()
+	}
+	return nil
+}
+
+// initStore initialises an empty DB with the genesis state at applied index
+// 0, or checks that a used one holds the same genesis.
+func initStore(db *pebble.DB, l *market.Ledger, g *ledgerv1.Genesis) (applied uint64, err error) {
+	want, err := proto.MarshalOptions{Deterministic: true}.Marshal(g)
+	if err != nil {
+		return 0, err
+	}
+	r := reader{db}
+	stored, ok, err := r.Get(keyGenesis)
+	if err != nil {
+		return 0, err
+	}
+	if ok {
+		var sg ledgerv1.Genesis
+		if err := proto.Unmarshal(stored, &sg); err != nil {
+			return 0, fmt.Errorf("ledger: stored genesis (corrupt data dir?): %w", err)
+		}
+		if !proto.Equal(&sg, g) && !bytes.Equal(stored, want) {
+			return 0, fmt.Errorf("ledger: the data dir was initialised with a different genesis (chain %q); use its genesis file or a fresh data dir", sg.GetChainId())
+		}
+		return appliedIndex(r)
+	}
+	res, err := l.Genesis()
+	if err != nil {
+		return 0, err
+	}
+	b := db.NewBatch()
+	defer b.Close()
+	if err := res.Writes.Each(func(k, v []byte, deleted bool) error {
+		if deleted {
+			return nil
+		}
+		return b.Set(k, v, nil)
+	}); err != nil {
+		return 0, err
+	}
+	for _, rep := range g.GetReplicas() {
+		v, err := proto.MarshalOptions{Deterministic: true}.Marshal(rep)
+		if err != nil {
+			return 0, err
+		}
+		if err := b.Set(memberKey(rep.GetRaftId()), v, nil); err != nil {
+			return 0, err
+		}
+	}
+	if err := b.Set(keyApplied, binary.BigEndian.AppendUint64(nil, 0), nil); err != nil {
+		return 0, err
+	}
+	if err := b.Set(keyGenesis, want, nil); err != nil {
+		return 0, err
+	}
+	return 0, b.Commit(pebble.Sync)
+}
+
+// loadMembers reads the replicated membership.
+func loadMembers(r market.Reader) (map[uint64]*ledgerv1.Replica, error) {
+	out := map[uint64]*ledgerv1.Replica{}
+	var derr error
+	err := r.Iterate(prefixMember, prefixEnd(prefixMember), func(k, v []byte) bool {
+		rep := new(ledgerv1.Replica)
+		if derr = proto.Unmarshal(v, rep); derr != nil {
+			return false
+		}
+		out[rep.GetRaftId()] = rep
+		return true
+	})
+	return out, errors.Join(err, derr)
+}

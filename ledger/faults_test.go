@@ -1,0 +1,323 @@
+package ledger
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	"google.golang.org/grpc/codes"
+
+	"github.com/quarrynet/quarry/consensus"
+	"github.com/quarrynet/quarry/internal/identity"
+	ledgerv1 "github.com/quarrynet/quarry/proto/quarry/ledger/v1"
+)
+
+// TestLeaderLossAndRestart stops the leader: a new one is elected and
+// transfers continue; the old one restarts from its dir and catches up.
+func TestLeaderLossAndRestart(t *testing.T) {
+	c := newCluster(t, clusterOpts{replicas: 3})
+	old := c.leader()
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	nonce := map[int]uint64{}
+	send := func(via uint64, from int) {
+		t.Helper()
+		nonce[from]++
+		if _, err := c.submit(ctx, via, c.transfer(from, nonce[from], 7, 3)); err != nil {
+			t.Fatalf("transfer via %d: %v", via, err)
+		}
+	}
+	for i := range 4 {
+		send(uint64(i%3+1), i)
+	}
+	if err := c.stop(old); err != nil {
+		t.Fatal(err)
+	}
+	lead := c.leader()
+	if lead == old {
+		t.Fatalf("leader is still %d", old)
+	}
+	other := 6 - lead - old
+	for i := range 4 {
+		send([]uint64{lead, other}[i%2], i)
+	}
+	c.agree()
+	c.start(old)
+	c.agree()
+	for i := range 4 {
+		send(old, i) // the restarted replica forwards too
+	}
+	c.agree()
+	if b := c.balance(old, 7); b != 1_000_000+12*3 {
+		t.Fatalf("recipient balance %d", b)
+	}
+}
+
+// TestJoinAndRemove adds a replica through AddReplica once the log has
+// been compacted (so it catches up from a snapshot), then removes replicas:
+// one live, one that misses its removal and restarts, which must not
+// disturb the cluster.
+func TestJoinAndRemove(t *testing.T) {
+	c := newCluster(t, clusterOpts{replicas: 3, snapshotEntries: 8})
+	c.leader()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	nonce := map[int]uint64{}
+	send := func(via uint64, from int) {
+		t.Helper()
+		nonce[from]++
+		if _, err := c.submit(ctx, via, c.transfer(from, nonce[from], 7, 1)); err != nil {
+			t.Fatalf("transfer via %d: %v", via, err)
+		}
+	}
+	for i := range 24 {
+		send(uint64(i%3+1), i%4)
+	}
+	c.eventually(10*time.Second, "log compaction", func() bool {
+		first, _ := c.reps[1].node.store.FirstIndex()
+		return first > 2
+	})
+
+	// A joiner, told where the current members are.
+	key, _ := identity.Generate()
+	st, err := c.api(1).Status(ctx, &ledgerv1.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := &replica{id: 4, key: key, dir: t.TempDir(), addr: freeAddr(t), join: true, peers: st.GetReplicas()}
+	c.reps[4] = j
+	c.start(4)
+	add := &ledgerv1.AddReplicaRequest{RaftId: 4, PeerId: key.PeerID().String(), Address: j.addr}
+	_, err = ledgerv1.NewLedgerAdminClient(c.dial(c.reps[2], nil)).AddReplica(ctx, add)
+	wantCode(t, err, codes.PermissionDenied, "AddReplica by a stranger")
+	if _, err := c.adminAPI(2).AddReplica(ctx, add); err != nil {
+		t.Fatalf("AddReplica: %v", err)
+	}
+	c.agree()
+	if first, _ := j.node.store.FirstIndex(); first <= 2 {
+		t.Fatalf("joiner's log starts at %d: it did not catch up from a snapshot", first)
+	}
+	send(4, 0) // the joiner forwards and waits like any replica
+	c.agree()
+	for _, r := range c.running() {
+		if got := len(r.node.members()); got != 4 {
+			t.Fatalf("replica %d knows %d members, want 4", r.id, got)
+		}
+	}
+
+	// Remove replica 3 while it runs.
+	if _, err := c.adminAPI(1).RemoveReplica(ctx, &ledgerv1.RemoveReplicaRequest{RaftId: 3}); err != nil {
+		t.Fatalf("RemoveReplica(3): %v", err)
+	}
+	if err := c.stop(3); err != nil && !errors.Is(err, consensus.ErrRemoved) {
+		t.Fatalf("removed replica 3: %v", err)
+	}
+	send(1, 1)
+	// Remove replica 4 while it is down; it restarts not knowing.
+	if err := c.stop(4); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.adminAPI(2).RemoveReplica(ctx, &ledgerv1.RemoveReplicaRequest{RaftId: 4}); err != nil {
+		t.Fatalf("RemoveReplica(4): %v", err)
+	}
+	lead := c.leader()
+	term := c.reps[lead].node.raft.Status().Term
+	c.start(4)
+	// Long enough for replica 4 to time out and campaign many times.
+	for i := range 12 {
+		send(uint64(i%2+1), 2)
+	}
+	c.eventually(5*time.Second, "replica 4 to campaign", func() bool {
+		return c.reps[4].node.raft.Status().Term > term || c.reps[4].node.raft.Status().State != "StateFollower"
+	})
+	for i := range 6 {
+		send(uint64(i%2+1), 3)
+	}
+	if st := c.reps[lead].node.raft.Status(); st.Term != term || st.Leader != lead {
+		t.Fatalf("removed replica disturbed the cluster: leader %d term %d, was %d term %d", st.Leader, st.Term, lead, term)
+	}
+	if err := c.stop(4); err != nil && !errors.Is(err, consensus.ErrRemoved) {
+		t.Fatal(err)
+	}
+	c.agree()
+	for _, r := range c.running() {
+		if got := len(r.node.members()); got != 2 {
+			t.Fatalf("replica %d knows %d members, want 2", r.id, got)
+		}
+	}
+}
+
+// A porcupine model of balances of the test accounts under transfers
+// (fee 0) and linearizable reads.
+const porcAccounts = 4
+
+type porcIn struct {
+	read     bool
+	from, to int
+	amount   uint64
+}
+
+type porcOut struct {
+	unknown bool   // transfer outcome unknown (error or timeout)
+	balance uint64 // read
+}
+
+type balances [porcAccounts]uint64
+
+var balanceModel = porcupine.NondeterministicModel{
+	Init: func() []any { return []any{balances{1_000_000, 1_000_000, 1_000_000, 1_000_000}} },
+	Step: func(state, input, output any) []any {
+		s, in, out := state.(balances), input.(porcIn), output.(porcOut)
+		if in.read {
+			if s[in.from] == out.balance {
+				return []any{s}
+			}
+			return nil
+		}
+		next := s
+		if next[in.from] < in.amount {
+			if out.unknown {
+				return []any{s}
+			}
+			return nil
+		}
+		next[in.from] -= in.amount
+		next[in.to] += in.amount
+		if out.unknown {
+			return []any{s, next}
+		}
+		return []any{next}
+	},
+	DescribeOperation: func(input, output any) string {
+		in, out := input.(porcIn), output.(porcOut)
+		if in.read {
+			return fmt.Sprintf("balance(%d) -> %d", in.from, out.balance)
+		}
+		return fmt.Sprintf("transfer(%d→%d, %d) unknown=%v", in.from, in.to, in.amount, out.unknown)
+	},
+}
+
+// TestLinearizable records transfers and linearizable balance reads from
+// concurrent clients through every replica while the leader is stopped and
+// restarted, and checks the history with porcupine.
+func TestLinearizable(t *testing.T) {
+	c := newCluster(t, clusterOpts{replicas: 3})
+	c.leader()
+	start := time.Now()
+	var (
+		mu      sync.Mutex
+		history []porcupine.Operation
+		done    atomic.Int64
+		stop    = make(chan struct{})
+		wg      sync.WaitGroup
+	)
+	record := func(op porcupine.Operation) {
+		mu.Lock()
+		history = append(history, op)
+		mu.Unlock()
+		done.Add(1)
+	}
+	up := func() []uint64 {
+		var ids []uint64
+		for id := uint64(1); id <= 3; id++ {
+			if r := c.reps[id]; r.node != nil {
+				ids = append(ids, id)
+			}
+		}
+		return ids
+	}
+	var upMu sync.Mutex
+	pick := func(rng *rand.Rand) ledgerv1.LedgerClient {
+		upMu.Lock()
+		defer upMu.Unlock()
+		ids := up()
+		return c.api(ids[rng.IntN(len(ids))])
+	}
+	read := func(client int, rng *rand.Rand, acct int) (uint64, bool) {
+		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+		defer cancel()
+		call := time.Since(start).Nanoseconds()
+		resp, err := pick(rng).GetAccount(ctx, &ledgerv1.GetAccountRequest{
+			Address: c.dev.Accounts[acct].PeerID().String(), Consistency: ledgerv1.Consistency_CONSISTENCY_LINEARIZABLE,
+		})
+		if err != nil {
+			return 0, false
+		}
+		record(porcupine.Operation{ClientId: client, Input: porcIn{read: true, from: acct},
+			Output: porcOut{balance: resp.GetAccount().GetBalance()}, Call: call, Return: time.Since(start).Nanoseconds()})
+		return resp.GetAccount().GetNonce(), true
+	}
+	for client := range porcAccounts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(client), 7))
+			var nonce uint64
+			resync := true
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if resync {
+					if n, ok := read(client, rng, client); ok {
+						nonce, resync = n, false
+					}
+					continue
+				}
+				if rng.IntN(10) < 4 {
+					read(client, rng, rng.IntN(porcAccounts))
+					continue
+				}
+				to := (client + 1 + rng.IntN(porcAccounts-1)) % porcAccounts
+				in := porcIn{from: client, to: to, amount: uint64(1 + rng.IntN(9))}
+				raw := c.transfer(client, nonce+1, to, in.amount)
+				ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+				call := time.Since(start).Nanoseconds()
+				_, err := pick(rng).SubmitTx(ctx, &ledgerv1.SubmitTxRequest{SignedTx: raw, Wait: true})
+				cancel()
+				if err != nil {
+					// It may still apply: pending forever.
+					record(porcupine.Operation{ClientId: client, Input: in, Output: porcOut{unknown: true}, Call: call, Return: math.MaxInt64})
+					resync = true
+					continue
+				}
+				nonce++
+				record(porcupine.Operation{ClientId: client, Input: in, Output: porcOut{}, Call: call, Return: time.Since(start).Nanoseconds()})
+			}
+		}()
+	}
+	waitOps := func(n int64) {
+		target := done.Load() + n
+		c.eventually(30*time.Second, fmt.Sprintf("%d more operations", n), func() bool { return done.Load() >= target })
+	}
+	waitOps(30)
+	lead := c.leader()
+	upMu.Lock()
+	if err := c.stop(lead); err != nil {
+		t.Error(err)
+	}
+	upMu.Unlock()
+	waitOps(30)
+	upMu.Lock()
+	c.start(lead)
+	upMu.Unlock()
+	waitOps(40)
+	close(stop)
+	wg.Wait()
+	c.agree()
+
+	res := porcupine.CheckOperationsTimeout(balanceModel.ToModel(), history, 30*time.Second)
+	if res == porcupine.Illegal {
+		t.Fatalf("history of %d operations is not linearizable", len(history))
+	}
+	t.Logf("%d operations, porcupine: %s", len(history), res)
+}
