@@ -356,28 +356,28 @@ func (x *SnapshotTrailer) GetSha256() []byte {
 	return nil
 }
 
-// SnapshotInstalled answers a complete, verified snapshot that the
-// receiving replica's raft has accepted for installation.
-type SnapshotInstalled struct {
+// SnapshotReceived answers a complete, verified snapshot once the receiver
+// has handed it to its raft node, which installs it (atomically) next.
+type SnapshotReceived struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *SnapshotInstalled) Reset() {
-	*x = SnapshotInstalled{}
+func (x *SnapshotReceived) Reset() {
+	*x = SnapshotReceived{}
 	mi := &file_quarry_raft_v1_raft_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *SnapshotInstalled) String() string {
+func (x *SnapshotReceived) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*SnapshotInstalled) ProtoMessage() {}
+func (*SnapshotReceived) ProtoMessage() {}
 
-func (x *SnapshotInstalled) ProtoReflect() protoreflect.Message {
+func (x *SnapshotReceived) ProtoReflect() protoreflect.Message {
 	mi := &file_quarry_raft_v1_raft_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -389,8 +389,8 @@ func (x *SnapshotInstalled) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use SnapshotInstalled.ProtoReflect.Descriptor instead.
-func (*SnapshotInstalled) Descriptor() ([]byte, []int) {
+// Deprecated: Use SnapshotReceived.ProtoReflect.Descriptor instead.
+func (*SnapshotReceived) Descriptor() ([]byte, []int) {
 	return file_quarry_raft_v1_raft_proto_rawDescGZIP(), []int{5}
 }
 
@@ -416,11 +416,11 @@ const file_quarry_raft_v1_raft_proto_rawDesc = "" +
 	"\amessage\x18\x03 \x01(\fR\amessage\x12\x12\n" +
 	"\x04size\x18\x04 \x01(\x04R\x04size\")\n" +
 	"\x0fSnapshotTrailer\x12\x16\n" +
-	"\x06sha256\x18\x01 \x01(\fR\x06sha256\"\x13\n" +
-	"\x11SnapshotInstalled2\x9e\x01\n" +
+	"\x06sha256\x18\x01 \x01(\fR\x06sha256\"\x12\n" +
+	"\x10SnapshotReceived2\x9d\x01\n" +
 	"\x04Raft\x12F\n" +
-	"\x06Stream\x12\x18.quarry.raft.v1.Envelope\x1a\x1e.quarry.raft.v1.StreamAccepted(\x010\x01\x12N\n" +
-	"\bSnapshot\x12\x1d.quarry.raft.v1.SnapshotChunk\x1a!.quarry.raft.v1.SnapshotInstalled(\x01B9Z7github.com/quarrynet/quarry/proto/quarry/raft/v1;raftv1b\x06proto3"
+	"\x06Stream\x12\x18.quarry.raft.v1.Envelope\x1a\x1e.quarry.raft.v1.StreamAccepted(\x010\x01\x12M\n" +
+	"\bSnapshot\x12\x1d.quarry.raft.v1.SnapshotChunk\x1a .quarry.raft.v1.SnapshotReceived(\x01B9Z7github.com/quarrynet/quarry/proto/quarry/raft/v1;raftv1b\x06proto3"
 
 var (
 	file_quarry_raft_v1_raft_proto_rawDescOnce sync.Once
@@ -436,12 +436,12 @@ func file_quarry_raft_v1_raft_proto_rawDescGZIP() []byte {
 
 var file_quarry_raft_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_quarry_raft_v1_raft_proto_goTypes = []any{
-	(*Envelope)(nil),          // 0: quarry.raft.v1.Envelope
-	(*StreamAccepted)(nil),    // 1: quarry.raft.v1.StreamAccepted
-	(*SnapshotChunk)(nil),     // 2: quarry.raft.v1.SnapshotChunk
-	(*SnapshotHeader)(nil),    // 3: quarry.raft.v1.SnapshotHeader
-	(*SnapshotTrailer)(nil),   // 4: quarry.raft.v1.SnapshotTrailer
-	(*SnapshotInstalled)(nil), // 5: quarry.raft.v1.SnapshotInstalled
+	(*Envelope)(nil),         // 0: quarry.raft.v1.Envelope
+	(*StreamAccepted)(nil),   // 1: quarry.raft.v1.StreamAccepted
+	(*SnapshotChunk)(nil),    // 2: quarry.raft.v1.SnapshotChunk
+	(*SnapshotHeader)(nil),   // 3: quarry.raft.v1.SnapshotHeader
+	(*SnapshotTrailer)(nil),  // 4: quarry.raft.v1.SnapshotTrailer
+	(*SnapshotReceived)(nil), // 5: quarry.raft.v1.SnapshotReceived
 }
 var file_quarry_raft_v1_raft_proto_depIdxs = []int32{
 	3, // 0: quarry.raft.v1.SnapshotChunk.header:type_name -> quarry.raft.v1.SnapshotHeader
@@ -449,7 +449,7 @@ var file_quarry_raft_v1_raft_proto_depIdxs = []int32{
 	0, // 2: quarry.raft.v1.Raft.Stream:input_type -> quarry.raft.v1.Envelope
 	2, // 3: quarry.raft.v1.Raft.Snapshot:input_type -> quarry.raft.v1.SnapshotChunk
 	1, // 4: quarry.raft.v1.Raft.Stream:output_type -> quarry.raft.v1.StreamAccepted
-	5, // 5: quarry.raft.v1.Raft.Snapshot:output_type -> quarry.raft.v1.SnapshotInstalled
+	5, // 5: quarry.raft.v1.Raft.Snapshot:output_type -> quarry.raft.v1.SnapshotReceived
 	4, // [4:6] is the sub-list for method output_type
 	2, // [2:4] is the sub-list for method input_type
 	2, // [2:2] is the sub-list for extension type_name

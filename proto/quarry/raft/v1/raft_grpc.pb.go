@@ -46,7 +46,7 @@ type RaftClient interface {
 	// in chunks, then a SnapshotTrailer, in that order. The receiver hands the
 	// message to raft only after the whole data has arrived and its size and
 	// SHA-256 match; a stream that ends any other way is discarded.
-	Snapshot(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[SnapshotChunk, SnapshotInstalled], error)
+	Snapshot(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[SnapshotChunk, SnapshotReceived], error)
 }
 
 type raftClient struct {
@@ -70,18 +70,18 @@ func (c *raftClient) Stream(ctx context.Context, opts ...grpc.CallOption) (grpc.
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Raft_StreamClient = grpc.BidiStreamingClient[Envelope, StreamAccepted]
 
-func (c *raftClient) Snapshot(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[SnapshotChunk, SnapshotInstalled], error) {
+func (c *raftClient) Snapshot(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[SnapshotChunk, SnapshotReceived], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &Raft_ServiceDesc.Streams[1], Raft_Snapshot_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
-	x := &grpc.GenericClientStream[SnapshotChunk, SnapshotInstalled]{ClientStream: stream}
+	x := &grpc.GenericClientStream[SnapshotChunk, SnapshotReceived]{ClientStream: stream}
 	return x, nil
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type Raft_SnapshotClient = grpc.ClientStreamingClient[SnapshotChunk, SnapshotInstalled]
+type Raft_SnapshotClient = grpc.ClientStreamingClient[SnapshotChunk, SnapshotReceived]
 
 // RaftServer is the server API for Raft service.
 // All implementations must embed UnimplementedRaftServer
@@ -99,7 +99,7 @@ type RaftServer interface {
 	// in chunks, then a SnapshotTrailer, in that order. The receiver hands the
 	// message to raft only after the whole data has arrived and its size and
 	// SHA-256 match; a stream that ends any other way is discarded.
-	Snapshot(grpc.ClientStreamingServer[SnapshotChunk, SnapshotInstalled]) error
+	Snapshot(grpc.ClientStreamingServer[SnapshotChunk, SnapshotReceived]) error
 	mustEmbedUnimplementedRaftServer()
 }
 
@@ -113,7 +113,7 @@ type UnimplementedRaftServer struct{}
 func (UnimplementedRaftServer) Stream(grpc.BidiStreamingServer[Envelope, StreamAccepted]) error {
 	return status.Errorf(codes.Unimplemented, "method Stream not implemented")
 }
-func (UnimplementedRaftServer) Snapshot(grpc.ClientStreamingServer[SnapshotChunk, SnapshotInstalled]) error {
+func (UnimplementedRaftServer) Snapshot(grpc.ClientStreamingServer[SnapshotChunk, SnapshotReceived]) error {
 	return status.Errorf(codes.Unimplemented, "method Snapshot not implemented")
 }
 func (UnimplementedRaftServer) mustEmbedUnimplementedRaftServer() {}
@@ -145,11 +145,11 @@ func _Raft_Stream_Handler(srv interface{}, stream grpc.ServerStream) error {
 type Raft_StreamServer = grpc.BidiStreamingServer[Envelope, StreamAccepted]
 
 func _Raft_Snapshot_Handler(srv interface{}, stream grpc.ServerStream) error {
-	return srv.(RaftServer).Snapshot(&grpc.GenericServerStream[SnapshotChunk, SnapshotInstalled]{ServerStream: stream})
+	return srv.(RaftServer).Snapshot(&grpc.GenericServerStream[SnapshotChunk, SnapshotReceived]{ServerStream: stream})
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type Raft_SnapshotServer = grpc.ClientStreamingServer[SnapshotChunk, SnapshotInstalled]
+type Raft_SnapshotServer = grpc.ClientStreamingServer[SnapshotChunk, SnapshotReceived]
 
 // Raft_ServiceDesc is the grpc.ServiceDesc for Raft service.
 // It's only intended for direct use with grpc.RegisterService,
