@@ -48,6 +48,9 @@ type applier struct {
 	onBlock   func(res *market.Result)
 	onMembers func()
 	onRestore func()
+	// check, if set, runs after every applied block (tests: supply and
+	// state hash invariants); an error halts the replica.
+	check func() error
 }
 
 var _ consensus.Applier = (*applier)(nil)
@@ -133,6 +136,11 @@ func (a *applier) applyOne(e consensus.Entry) (any, error) {
 		return nil, fmt.Errorf("ledger: commit applied state at log index %d: %w", e.Index, err)
 	}
 	a.applied = e.Index
+	if block != nil && a.check != nil {
+		if err := a.check(); err != nil {
+			return nil, fmt.Errorf("ledger: invariant after block %d: %w", block.Header.GetHeight(), err)
+		}
+	}
 	if block != nil {
 		a.metrics.blocksApplied.Inc()
 		a.metrics.txsApplied.Add(float64(len(block.Receipts)))

@@ -140,7 +140,12 @@ func newCluster(t testing.TB, opts clusterOpts) *cluster {
 		id := uint64(i + 1)
 		c.reps[id] = &replica{id: id, key: k, dir: filepath.Join(t.TempDir(), fmt.Sprint(id)), addr: addrs[i]}
 	}
-	t.Cleanup(c.stopAll)
+	t.Cleanup(func() {
+		if !t.Failed() && len(c.running()) > 0 {
+			c.agree()
+		}
+		c.stopAll()
+	})
 	for id := range c.reps {
 		c.start(id)
 	}
@@ -164,6 +169,10 @@ func (c *cluster) start(id uint64) {
 	if err != nil {
 		c.t.Fatalf("replica %d: New: %v", id, err)
 	}
+	// Supply conserved and the state hash recomputed from scratch after
+	// every applied block (replicas agree on it because every block
+	// carries it and ApplyBlock checks it).
+	node.app.check = func() error { return market.CheckInvariants(node.ledger, reader{node.db}) }
 	ctx, cancel := context.WithCancel(context.Background())
 	r.node, r.cancel, r.done = node, cancel, make(chan error, 1)
 	go func() { r.done <- node.Run(ctx) }()

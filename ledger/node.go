@@ -331,6 +331,12 @@ func New(cfg Config) (_ *Node, err error) {
 	return n, nil
 }
 
+// Close releases a Node whose Run was never called (New bound its
+// listeners and opened its data dir). After Run, do not call it.
+func (n *Node) Close() error {
+	return errors.Join(n.srv.Close(), n.tr.Close(), n.db.Close())
+}
+
 // GRPCAddr is the bound gRPC address.
 func (n *Node) GRPCAddr() string { return n.srv.GRPCAddr() }
 
