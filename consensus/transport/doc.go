@@ -31,8 +31,10 @@
 // else; the sender keeps a Recv pending so that the stream's end (peer
 // gone, connection cut, membership revoked) is noticed at once, even while
 // there is nothing to send. Only the newest stream from a replica is
-// served: a new one cancels, and waits for, the old one, so one replica's
-// messages never reach the Handler from two streams at once.
+// served: a new one ends the old one (codes.Aborted) and waits for its
+// handler to return, so one replica's messages never reach the Handler from
+// two streams at once. A caller whose first message (hello or snapshot
+// header) does not arrive within Config.DialTimeout is refused.
 //
 // The sender reconnects after any failure with exponential backoff and
 // jitter: the wait doubles from Config.BackoffMin up to Config.BackoffMax

@@ -168,9 +168,10 @@ func (s service) Stream(st grpc.BidiStreamingServer[raftv1.Envelope, raftv1.Stre
 	if err != nil {
 		return t.reject("", "stream", err)
 	}
-	env, err := st.Recv()
+	recv := receiver(st.Context(), st.Recv)
+	env, err := hello(t, st.Context(), recv)
 	if err != nil {
-		return err
+		return t.reject(caller, "stream", err)
 	}
 	from := env.GetFrom()
 	ctx, h, release, err := t.admit(st.Context(), caller, inboundKey{from: from}, env.GetTo())
@@ -181,7 +182,6 @@ func (s service) Stream(st grpc.BidiStreamingServer[raftv1.Envelope, raftv1.Stre
 	if err := st.Send(&raftv1.StreamAccepted{Id: t.cfg.ID}); err != nil {
 		return err
 	}
-	recv := receiver(ctx, st.Recv)
 	for {
 		if env.GetFrom() != from {
 			return t.reject(caller, "stream", fmt.Errorf("%w: stream from replica %d switched to %d", errWrongID, from, env.GetFrom()))
@@ -210,7 +210,7 @@ func (s service) Stream(st grpc.BidiStreamingServer[raftv1.Envelope, raftv1.Stre
 			}
 			t.stats.received.Add(1)
 		}
-		env, err = recv()
+		env, err = recv(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				// Cut by RemovePeer, Close or a newer stream.
@@ -243,9 +243,10 @@ func (s service) Snapshot(st grpc.ClientStreamingServer[raftv1.SnapshotChunk, ra
 	if err != nil {
 		return t.reject("", "snapshot", err)
 	}
-	first, err := st.Recv()
+	recv := receiver(st.Context(), st.Recv)
+	first, err := hello(t, st.Context(), recv)
 	if err != nil {
-		return err
+		return t.reject(caller, "snapshot", err)
 	}
 	hdr := first.GetHeader()
 	if hdr == nil {
@@ -256,7 +257,7 @@ func (s service) Snapshot(st grpc.ClientStreamingServer[raftv1.SnapshotChunk, ra
 		return t.reject(caller, "snapshot", err)
 	}
 	defer release()
-	m, err := t.receiveSnapshot(receiver(ctx, st.Recv), hdr)
+	m, err := t.receiveSnapshot(func() (*raftv1.SnapshotChunk, error) { return recv(ctx) }, hdr)
 	if err != nil {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w (%w)", context.Cause(ctx), err)
@@ -328,12 +329,14 @@ func (t *Transport) receiveSnapshot(recv func() (*raftv1.SnapshotChunk, error), 
 	}
 }
 
-// receiver calls recv on a goroutine of its own and returns a function that
-// yields its results, or the cause of ctx once ctx ends. A server stream's
-// Recv only returns when the client sends or the stream ends; this lets a
-// handler stop at once when RemovePeer, Close or a newer call cancels it
-// (returning from the handler then ends the stream, which ends recv).
-func receiver[T any](ctx context.Context, recv func() (*T, error)) func() (*T, error) {
+// receiver calls recv (a server stream's Recv) on a goroutine of its own,
+// until it fails or streamCtx ends, and returns a function that yields its
+// results or, if ctx ends first, ctx's cause. Recv itself only returns when
+// the client sends or the stream ends; this lets a handler give up waiting
+// at once when RemovePeer, Close or a newer call cancels it, or when the
+// first message is late. Returning from the handler ends the stream and so
+// the goroutine.
+func receiver[T any](streamCtx context.Context, recv func() (*T, error)) func(ctx context.Context) (*T, error) {
 	type result struct {
 		v   *T
 		err error
@@ -344,7 +347,7 @@ func receiver[T any](ctx context.Context, recv func() (*T, error)) func() (*T, e
 			v, err := recv()
 			select {
 			case results <- result{v, err}:
-			case <-ctx.Done():
+			case <-streamCtx.Done():
 				return
 			}
 			if err != nil {
@@ -352,7 +355,7 @@ func receiver[T any](ctx context.Context, recv func() (*T, error)) func() (*T, e
 			}
 		}
 	}()
-	return func() (*T, error) {
+	return func(ctx context.Context) (*T, error) {
 		select {
 		case r := <-results:
 			return r.v, r.err
@@ -360,4 +363,15 @@ func receiver[T any](ctx context.Context, recv func() (*T, error)) func() (*T, e
 			return nil, context.Cause(ctx)
 		}
 	}
+}
+
+// hello waits up to DialTimeout for a call's first message, which names the
+// caller's raft ID. Until it arrives the call is not admitted, so it is not
+// something Close waits for; the bound keeps silent callers from holding
+// handlers.
+func hello[T any](t *Transport, streamCtx context.Context, recv func(context.Context) (*T, error)) (*T, error) {
+	ctx, cancel := context.WithTimeoutCause(streamCtx, t.cfg.DialTimeout,
+		fmt.Errorf("%w: no first message within %v", errMalformed, t.cfg.DialTimeout))
+	defer cancel()
+	return recv(ctx)
 }

@@ -40,17 +40,20 @@ var (
 )
 
 // MaxMessageBytes is the largest marshalled raft message the transport
-// sends. The consensus Node refuses proposals beyond 64 MiB of uncommitted
-// entries, so no append message needs more. A receiver's grpc.Server must
-// accept messages this large (ServerOptions); gRPC's default is 4 MiB.
+// sends; a larger one is dropped with an error log. The consensus Node caps
+// uncommitted entries at 64 MiB (raft admits one larger entry only when
+// nothing else is uncommitted), so no append message should come near it.
+// A receiver's grpc.Server must accept Envelopes this large
+// (ServerOptions); gRPC's default limit is 4 MiB.
 const MaxMessageBytes = 65 << 20
 
 // ServerOptions are the grpc.Server options the inbound side needs: a
-// receive limit of MaxMessageBytes. With gRPC's default limit (4 MiB) an
-// append message carrying one entry above ~4 MiB would break the stream
-// every time it is sent. Snapshot chunks never need it.
+// receive limit that fits one Envelope (up to about 1 MiB of batched
+// messages plus one of MaxMessageBytes). With gRPC's default (4 MiB) an
+// append carrying an entry above ~3 MiB would break the stream each time it
+// is sent. Snapshot chunks never need it.
 func ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMessageBytes + 1<<20)}
+	return []grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMessageBytes + 2<<20)}
 }
 
 // Handler receives what the transport delivers. *consensus.Node implements
@@ -353,7 +356,7 @@ func (t *Transport) UpdatePeer(id uint64, p Peer) error {
 	if err := t.checkOwnerLocked(id, p.PeerID); err != nil {
 		return err
 	}
-	t.removeLocked(id)
+	t.removeLocked(id, p.PeerID != r.peer.PeerID)
 	t.addLocked(id, p)
 	t.log.Info("peer updated", "peer", id, "peer_id", p.PeerID, "addr", p.Addr)
 	return nil
@@ -367,7 +370,7 @@ func (t *Transport) RemovePeer(id uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if _, ok := t.mu.peers[id]; ok {
-		t.removeLocked(id)
+		t.removeLocked(id, true)
 		t.log.Info("peer removed", "peer", id)
 	}
 }
@@ -397,11 +400,16 @@ func (t *Transport) addLocked(id uint64, p Peer) {
 	}()
 }
 
-func (t *Transport) removeLocked(id uint64) {
+// removeLocked stops replica id's sender and, if cut, ends its inbound
+// calls.
+func (t *Transport) removeLocked(id uint64, cut bool) {
 	r := t.mu.peers[id]
 	delete(t.mu.peers, id)
 	delete(t.mu.byPeer, r.peer.PeerID)
 	r.stop(ErrPeerRemoved)
+	if !cut {
+		return
+	}
 	for k, in := range t.mu.inbound {
 		if k.from == id {
 			in.cancel(fmt.Errorf("%w: replica %d was removed or changed identity", errNotMember, id))

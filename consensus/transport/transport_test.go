@@ -462,8 +462,9 @@ func TestSendNeverBlocks(t *testing.T) {
 	t.Run("peer stalled", func(t *testing.T) {
 		nodes := newNodes(t, 2, func(c *Config) { c.QueueSize = 64 })
 		a, b := nodes[0], nodes[1]
-		b.rec.block = make(chan struct{}) // b's Step never returns
-		defer close(b.rec.block)
+		// b's Step never returns (until Close cancels it, with a's sender
+		// stuck in a flow-controlled write: Close must end both).
+		b.rec.block = make(chan struct{})
 		a.waitConnected(2)
 		payload := bytes.Repeat([]byte{'x'}, 4<<10)
 		var longest time.Duration
@@ -564,5 +565,47 @@ func TestBackoffIsBoundedWithJitter(t *testing.T) {
 	}
 	if len(seen) < 50 {
 		t.Errorf("only %d distinct waits: no jitter?", len(seen))
+	}
+}
+
+func TestNewerStreamSupersedesOlder(t *testing.T) {
+	nodes := newNodes(t, 3, nil)
+	b, c := nodes[1], nodes[2]
+	c.tr.RemovePeer(2) // keep replica 3's own sender out of the way
+	conn := dialAs(t, c.cert, b)
+	open := func() grpc.BidiStreamingClient[raftv1.Envelope, raftv1.StreamAccepted] {
+		st, err := raftv1.NewRaftClient(conn).Stream(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Send(&raftv1.Envelope{From: 3, To: 2}); err != nil {
+			t.Fatal(err)
+		}
+		if acc, err := st.Recv(); err != nil || acc.GetId() != 2 {
+			t.Fatalf("hello: %v, %v", acc, err)
+		}
+		return st
+	}
+	old := open()
+	cur := open()
+	if _, err := old.Recv(); status.Code(err) != codes.Aborted {
+		t.Fatalf("superseded stream ended with %v, want Aborted", err)
+	}
+	if err := cur.Send(&raftv1.Envelope{From: 3, To: 2, Messages: [][]byte{marshal(t, app(3, 2, 5))}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "message on the newer stream", func() bool { return b.rec.count() == 1 })
+}
+
+func TestSilentCallerTimesOut(t *testing.T) {
+	nodes := newNodes(t, 2, func(c *Config) { c.DialTimeout = 100 * time.Millisecond })
+	a, b := nodes[0], nodes[1]
+	st, err := raftv1.NewRaftClient(dialAs(t, a.cert, b)).Stream(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No hello: the receiver gives up instead of holding the call.
+	if _, err := st.Recv(); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("silent stream ended with %v, want InvalidArgument", err)
 	}
 }
