@@ -167,6 +167,7 @@ func newGenesisCmd(g *globals) *cobra.Command {
 	var balance uint64
 	var fundSelf bool
 	var addrs []string
+	var blockInterval, epochLength time.Duration
 	newCmd := &cobra.Command{
 		Use:   "new",
 		Short: "Write a genesis for N replicas and some funded accounts, keys included",
@@ -178,9 +179,12 @@ the repo's own key (quarry key new) is funded too. The genesis time is now.`,
 			if out == "" {
 				return errors.New("--out DIR is required")
 			}
+			params := market.DevParams()
+			params.BlockIntervalNs = uint64(blockInterval)
+			params.EpochLengthNs = uint64(epochLength)
 			d, err := market.NewDevGenesis(market.DevGenesisConfig{
 				ChainID: chainID, Time: time.Now().UnixNano(), Replicas: replicas,
-				ReplicaAddrs: addrs, Accounts: accounts, Balance: balance,
+				ReplicaAddrs: addrs, Accounts: accounts, Balance: balance, Params: params,
 			})
 			if err != nil {
 				return err
@@ -230,6 +234,8 @@ the repo's own key (quarry key new) is funded too. The genesis time is now.`,
 	newCmd.Flags().IntVar(&accounts, "accounts", 2, "number of funded accounts to create")
 	newCmd.Flags().Uint64Var(&balance, "balance", 1_000_000_000, "balance of each funded account")
 	newCmd.Flags().BoolVar(&fundSelf, "fund-self", false, "also fund this repo's own key")
+	newCmd.Flags().DurationVar(&blockInterval, "block-interval", time.Duration(market.DevParams().GetBlockIntervalNs()), "how often the leader cuts a block")
+	newCmd.Flags().DurationVar(&epochLength, "epoch-length", time.Duration(market.DevParams().GetEpochLengthNs()), "epoch length")
 	cmd.AddCommand(newCmd)
 	return cmd
 }
