@@ -490,10 +490,35 @@ func (n *Node) proposeMember(ctx context.Context, c *ledgerv1.ReplicaChange) err
 	if err != nil {
 		return grpcError(err)
 	}
-	if _, err := n.raft.Propose(ctx, append([]byte{kindMember}, b...)); err != nil {
-		return grpcError(fmt.Errorf("ledger: replicate membership change: %w", err))
+	// A proposal forwarded to a leader that is stepping down (the replica
+	// just removed, say) is lost without an answer; a member entry is
+	// idempotent, so each attempt is bounded and repeated until this
+	// replica has applied the change.
+	applied := func() bool {
+		r, ok := n.member(c.GetPut().GetRaftId())
+		if c.GetPut() != nil {
+			return ok && proto.Equal(r, c.GetPut())
+		}
+		_, ok = n.member(c.GetRemove())
+		return !ok
 	}
-	return nil
+	for {
+		actx, cancel := context.WithTimeout(ctx, 10*n.electionTimeout())
+		_, err := n.raft.Propose(actx, append([]byte{kindMember}, b...))
+		cancel()
+		if err == nil || applied() {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return grpcError(fmt.Errorf("ledger: replicate membership change: %w", err))
+		}
+		n.log.Info("membership entry not applied yet; proposing it again", "err", err)
+		select {
+		case <-time.After(n.electionTimeout()):
+		case <-ctx.Done():
+			return grpcError(fmt.Errorf("ledger: replicate membership change: %w", ctx.Err()))
+		}
+	}
 }
 
 // changeConf adds or removes a voter and waits until this replica has
