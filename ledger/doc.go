@@ -35,7 +35,11 @@
 // traffic at once, see consensus), then a member entry that forgets it, on
 // whose application every replica's transport cuts it off. A crash between
 // the two steps leaves a harmless stale record; calling RemoveReplica again
-// finishes it.
+// finishes it. Both kinds of step are idempotent, and raft may drop either
+// without an answer (a conf change proposed to a leader that has not yet
+// applied its first entry; a proposal forwarded to a leader that is
+// stepping down), so each attempt is bounded and repeated until this
+// replica's applied membership shows the change.
 //
 // # The durable order
 //
@@ -75,10 +79,13 @@
 //
 // Run starts three things under one context: the consensus Ready loop
 // (consensus.Node.Run), the block producer and the gRPC server
-// (daemon.Server.Run). Cancelling the context drains the gRPC server first
-// (StreamBlocks ends on drain), then stops the producer and raft, then
-// closes the transport and Pebble. Any of them failing stops the others and
-// Run returns the error.
+// (daemon.Server.Run). Cancelling the context drains the gRPC server first,
+// then stops the producer and raft, then closes Pebble. When the drain
+// begins the replica leaves raft at once (the transport is closed: its
+// inbound streams never end on their own and would hold the drain for its
+// whole timeout), and handlers that wait on raft give up with Unavailable
+// (StreamBlocks, SubmitTx with wait). Any of the three failing stops the
+// others and Run returns the error.
 //
 // # Block production (leader only)
 //
@@ -105,7 +112,9 @@
 // duplicate), then dedups by tx hash: a tx already queued returns its hash,
 // one already applied returns its location (a stale-nonce error is turned
 // into that answer when the tx's own hash is on the chain). A tx with a
-// future nonce is held (up to MaxFutureNonces ahead of the account). The
+// future nonce is held (up to MaxFutureNonces ahead of the account; the
+// claimed nonce only routes the tx to the right check, which always
+// verifies the signature, so a pipelined tx costs one check). The
 // mempool is bounded (Config.MempoolSize); when full, SubmitTx fails with
 // ResourceExhausted.
 //
@@ -117,7 +126,10 @@
 // (every replica applies every block) and answers with the location; while
 // waiting it re-submits the tx to the current leader every election
 // timeout, which is harmless (idempotent by hash) and recovers a tx lost
-// with a failed leader's mempool. If the deadline passes first, the call
+// with a failed leader's mempool. A leader that is deposed but still runs
+// hands its queued txs to the new leader, so txs submitted without wait
+// survive a change of leader too (not a crash of the leader: the mempool
+// is not durable, and a client that needs the guarantee waits). If the deadline passes first, the call
 // fails with DeadlineExceeded and the tx may still be applied later.
 //
 // # Reads
