@@ -213,7 +213,7 @@ func New(cfg Config) (_ *Node, err error) {
 			}
 		}
 	}()
-	if n.ledger, err = market.New(market.Config{Genesis: cfg.Genesis}); err != nil {
+	if n.ledger, err = market.New(market.Config{Genesis: cfg.Genesis, Verify: newSigCache(1 << 18).Verify}); err != nil {
 		return nil, err
 	}
 	n.params = n.ledger.Params()

@@ -1,0 +1,48 @@
+package ledger
+
+import (
+	"testing"
+
+	"github.com/quarrynet/quarry/internal/identity"
+	"github.com/quarrynet/quarry/market"
+)
+
+func TestSigCacheRemembersOnlyValidSignatures(t *testing.T) {
+	k, _ := identity.Generate()
+	msg := []byte("hello")
+	sig, _ := k.Sign(msg)
+	forged := append([]byte(nil), sig...)
+	forged[0] ^= 1
+	sc := newSigCache(2)
+	good := market.SignatureCheck{Signer: k.PeerID(), Msg: msg, Sig: sig}
+	bad := market.SignatureCheck{Signer: k.PeerID(), Msg: msg, Sig: forged}
+	for round := 0; round < 2; round++ {
+		errs := sc.Verify([]market.SignatureCheck{good, bad})
+		if errs[0] != nil || errs[1] == nil {
+			t.Fatalf("round %d: good %v, forged %v", round, errs[0], errs[1])
+		}
+	}
+	if !sc.known(sigKey(good)) || sc.known(sigKey(bad)) {
+		t.Fatal("cache holds the wrong entries")
+	}
+	// Eviction keeps the cache bounded; evicted entries are checked again.
+	var many []market.SignatureCheck
+	for i := 0; i < 40; i++ {
+		m := []byte{byte(i)}
+		s, _ := k.Sign(m)
+		many = append(many, market.SignatureCheck{Signer: k.PeerID(), Msg: m, Sig: s})
+	}
+	many = append(many, bad)
+	errs := sc.Verify(many) // parallel path
+	for i, err := range errs[:40] {
+		if err != nil {
+			t.Fatalf("check %d: %v", i, err)
+		}
+	}
+	if errs[40] == nil {
+		t.Fatal("forged signature accepted on the parallel path")
+	}
+	if len(sc.seen) != 2 || len(sc.order) != 2 {
+		t.Fatalf("cache grew to %d entries, bound is 2", len(sc.seen))
+	}
+}
