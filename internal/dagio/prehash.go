@@ -3,6 +3,7 @@ package dagio
 import (
 	"errors"
 	"io"
+	"os"
 	"runtime"
 	"runtime/debug"
 	"sync"
@@ -10,6 +11,7 @@ import (
 
 	chunker "github.com/ipfs/boxo/chunker"
 	"github.com/ipfs/go-cid"
+	"golang.org/x/sys/unix"
 )
 
 // boxo's balanced builder reads a chunk, hashes it and writes it on one
@@ -87,6 +89,8 @@ type prehashSplitter struct {
 	stop     chan struct{}
 	progress func(int64) // optional, called with the bytes handed out so far
 	read     int64
+	mapped   *mappedSource // set when chunks are slices of a mapping
+	handed   int           // mapped: bytes handed out so far
 	once     sync.Once
 	wg       sync.WaitGroup
 }
@@ -127,9 +131,10 @@ func (rs *readerSource) next() ([]byte, error) {
 // read copy, no allocation. Touching the mapping faults if the file shrinks
 // under it; the goroutines that touch it turn that fault into errFileChanged.
 type mappedSource struct {
-	data []byte
-	off  int
-	size int
+	data     []byte
+	off      int
+	size     int
+	released int // pages below this offset have been released
 }
 
 func (ms *mappedSource) next() ([]byte, error) {
@@ -140,6 +145,20 @@ func (ms *mappedSource) next() ([]byte, error) {
 	b := ms.data[ms.off:end:end]
 	ms.off = end
 	return b, nil
+}
+
+// release drops the mapping's pages below off from this process (they stay
+// in the page cache): a GiB file read through a mapping would otherwise
+// count a GiB towards the importer's resident memory. Touching a released
+// page again is safe (it faults back in from the file); the caller releases
+// only chunks the builder has finished with, so that does not happen.
+func (ms *mappedSource) release(off int) {
+	off &^= os.Getpagesize() - 1
+	if off <= ms.released {
+		return
+	}
+	_ = unix.Madvise(ms.data[ms.released:off], unix.MADV_DONTNEED)
+	ms.released = off
 }
 
 // errFileChanged reports a fault reading a mapped file (it was truncated).
@@ -163,6 +182,9 @@ func newPrehashSplitter(src chunkSource, leaf cid.Prefix, cache *prehashCache, m
 	s := &prehashSplitter{
 		ordered: make(chan *chunkJob, prehashDepth),
 		stop:    make(chan struct{}),
+	}
+	if ms, ok := src.(*mappedSource); ok && mapped {
+		s.mapped = ms
 	}
 	work := make(chan *chunkJob, prehashDepth)
 	workers := runtime.GOMAXPROCS(0)
@@ -235,6 +257,10 @@ func (s *prehashSplitter) NextBytes() ([]byte, error) {
 	if s.progress != nil {
 		s.read += int64(len(j.data))
 		s.progress(s.read)
+	}
+	if s.mapped != nil {
+		s.handed += len(j.data)
+		s.mapped.release(s.handed - 2*s.mapped.size)
 	}
 	return j.data, nil
 }
