@@ -22,6 +22,9 @@
 #           vs ipfs add -Q <profile flags> FILE        (fresh repo each run;
 #           flatfs as Kubo ships it: "sync": false, no per-block fsync)
 #   cat     quarry --repo R cat CID > /dev/null  vs  ipfs cat CID > /dev/null
+#   cat-verified  the same quarry runs vs ipfs cat with Datastore.HashOnRead=true
+#           (quarry always checks every block against its CID; Kubo by default
+#           does not; informational, no bar)
 #   export  quarry --repo R export CID > /dev/null  vs  ipfs dag export CID > /dev/null
 #   RSS     peak resident set size of `quarry add` (and of `ipfs add`), from
 #           /usr/bin/time (Debian package `time`, installed if missing).
@@ -135,7 +138,7 @@ median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 
 maxof() { printf '%s\n' "$@" | sort -g | tail -n 1; }
 mbps() { awk -v n="$bytes" -v s="$1" 'BEGIN { printf "%.0f", n / s / 1e6 }'; }
 ratio() { awk -v q="$1" -v k="$2" 'BEGIN { printf "%.2f", k / q }'; } # args: seconds quarry, seconds kubo
-bar() { awk -v r="$1" -v b="$2" 'BEGIN { print (r + 0 >= b) ? "ok" : "LOW" }'; }
+bar() { awk -v r="$1" -v b="$2" 'BEGIN { print (b == 0) ? "-" : (r + 0 >= b) ? "ok" : "LOW" }'; }
 
 kubo_init() { # $1 repo dir, $2 profile
 	IPFS_PATH="$1" "$IPFS" init --profile=test --empty-repo >/dev/null || die "ipfs init failed"
@@ -240,11 +243,21 @@ for prof in $PROFILES; do
 		fi
 	done
 
+	# Like for like: quarry verifies every block it reads; Kubo does only
+	# with Datastore.HashOnRead. Informational row, no bar.
+	kv=()
+	IPFS_PATH="$kr" "$IPFS" config --json Datastore.HashOnRead true >/dev/null
+	IPFS_PATH="$kr" "$IPFS" cat "$kcid" >/dev/null
+	for ((i = 1; i <= RUNS; i++)); do
+		kv+=("$(IPFS_PATH="$kr" timed /dev/null "$run/rss" "$IPFS" cat "$kcid")") || die "ipfs cat (HashOnRead) failed"
+	done
+
 	printf '   %-8s %12s %12s %8s %6s  %s\n' op "quarry MB/s" "kubo MB/s" ratio bar "runs kubo s | quarry s"
-	for op in add cat export; do
+	for op in add cat cat-verified export; do
 		case $op in
 		add) k=("${ka[@]}") q=("${qa[@]}") want=1.5 ;;
 		cat) k=("${kc[@]}") q=("${qc[@]}") want=1.0 ;;
+		cat-verified) k=("${kv[@]}") q=("${qc[@]}") want=0 ;;
 		export) k=("${ke[@]}") q=("${qe[@]}") want=2.0 ;;
 		esac
 		km=$(median "${k[@]}")
