@@ -649,6 +649,16 @@ func (n *Node) apply(ents []*pb.Entry) error {
 	return flush()
 }
 
+// removesSelf reports whether a conf change removes replica id.
+func removesSelf(cc pb.ConfChangeI, id uint64) bool {
+	for _, c := range cc.AsV2().GetChanges() {
+		if c.GetType() == pb.ConfChangeType_ConfChangeRemoveNode && c.GetNodeId() == id {
+			return true
+		}
+	}
+	return false
+}
+
 func (n *Node) applyConfChange(e *pb.Entry) error {
 	var (
 		cc      pb.ConfChangeI
@@ -680,8 +690,11 @@ func (n *Node) applyConfChange(e *pb.Entry) error {
 	}
 	n.applied = e.GetIndex()
 	n.log.Info("membership changed", "index", e.GetIndex(), "voters", cs.GetVoters(), "learners", cs.GetLearners())
-	if !slices.Contains(cs.GetVoters(), n.cfg.ID) && !slices.Contains(cs.GetLearners(), n.cfg.ID) &&
-		!slices.Contains(cs.GetVotersOutgoing(), n.cfg.ID) {
+	// Only a change that removes this replica stops it. A replica that
+	// joins replays the log from the start, and the configurations before
+	// its own addition do not list it: that is history, not a removal.
+	if removesSelf(cc, n.cfg.ID) && !slices.Contains(cs.GetVoters(), n.cfg.ID) &&
+		!slices.Contains(cs.GetLearners(), n.cfg.ID) && !slices.Contains(cs.GetVotersOutgoing(), n.cfg.ID) {
 		n.removed = true
 	}
 	if replica, req, _, err := decodeEnvelope(context); err == nil && replica == n.cfg.ID {

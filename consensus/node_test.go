@@ -407,3 +407,33 @@ func TestSingleReplicaLifecycle(t *testing.T) {
 		t.Errorf("after restart solo=%q, %v", v, ok)
 	}
 }
+
+// TestNewReplicaJoinsFromTheLog: with the log not compacted, a new replica
+// replays it from index 1, through configurations that predate its
+// addition. That history must not make it think it was removed (a bug:
+// it stopped with ErrRemoved right after joining).
+func TestNewReplicaJoinsFromTheLog(t *testing.T) {
+	c := newCluster(t, 3)
+	lead := c.leader()
+	for i := range 10 {
+		c.propose(lead, fmt.Sprintf("k%d", i), fmt.Sprint(i))
+	}
+	c.start(4, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.reps[lead].node.AddReplica(ctx, 4); err != nil {
+		t.Fatalf("AddReplica(4): %v", err)
+	}
+	idx := c.propose(lead, "joined", "4")
+	c.agree(idx)
+	if n := c.net.snapshotsTo(4); n != 0 {
+		t.Fatalf("replica 4 got %d snapshots; this test is about joining from the log", n)
+	}
+	select {
+	case <-c.reps[4].node.Done():
+		t.Fatal("replica 4 stopped after joining")
+	default:
+	}
+	idx = c.propose(4, "from4", "ok")
+	c.agree(idx)
+}

@@ -64,56 +64,55 @@ type replicaProc struct {
 	log *bytes.Buffer
 }
 
-// TestSIGKILLUnderLoadLosesNoAckedTx runs three real ledgerd processes, offers
-// transfers from several accounts, SIGKILLs a replica (the leader half of
-// the time) again and again while the load runs, restarts it from its
-// directory, and finally checks that every transfer that was acknowledged
-// as applied is in the chain on every replica, that the replicas agree on
-// the head, and that the balances add up to the supply.
-func TestSIGKILLUnderLoadLosesNoAckedTx(t *testing.T) {
+// procCluster is three real ledgerd processes on loopback.
+type procCluster struct {
+	t       *testing.T
+	bin     string
+	base    string
+	genPath string
+	dev     *market.DevGenesis
+	procs   []*replicaProc
+	clients []ledgerv1.LedgerClient
+	cert    *peertls.Cert
+}
+
+func buildLedgerd(t *testing.T) string {
+	t.Helper()
 	bin := filepath.Join(t.TempDir(), "ledgerd")
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("build ledgerd: %v\n%s", err, out)
 	}
+	return bin
+}
+
+// startProcCluster inits and starts three replicas and waits for a leader.
+func startProcCluster(t *testing.T, chainID string) *procCluster {
+	t.Helper()
+	c := &procCluster{t: t, bin: buildLedgerd(t), base: t.TempDir()}
 	addrs := freeAddrs(t, 3)
 	params := market.DevParams()
 	params.BlockIntervalNs = uint64(20 * time.Millisecond)
 	d, err := market.NewDevGenesis(market.DevGenesisConfig{
-		ChainID: "kill-test", Time: time.Now().UnixNano(), Replicas: 3, ReplicaAddrs: addrs,
-		Accounts: 4, Balance: 1_000_000, Seed: []byte("kill"), Params: params,
+		ChainID: chainID, Time: time.Now().UnixNano(), Replicas: 3, ReplicaAddrs: addrs,
+		Accounts: 4, Balance: 1_000_000, Seed: []byte(chainID), Params: params,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	base := t.TempDir()
-	genPath := filepath.Join(base, "genesis.json")
+	c.dev = d
+	c.genPath = filepath.Join(c.base, "genesis.json")
 	gb, _ := protojson.Marshal(d.Genesis)
-	os.WriteFile(genPath, gb, 0o644)
-	procs := make([]*replicaProc, 3)
+	if err := os.WriteFile(c.genPath, gb, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for i := range 3 {
-		keyPath := filepath.Join(base, fmt.Sprintf("replica-%d.key", i+1))
-		if err := identity.Save(keyPath, d.Replicas[i]); err != nil {
-			t.Fatal(err)
-		}
-		dir := filepath.Join(base, fmt.Sprintf("r%d", i+1))
-		if out, err := exec.Command(bin, "init", "--dir", dir, "--genesis", genPath, "--key", keyPath, "--raft-id", fmt.Sprint(i+1)).CombinedOutput(); err != nil {
-			t.Fatalf("init: %v\n%s", err, out)
-		}
-		procs[i] = &replicaProc{dir: dir}
+		c.procs = append(c.procs, c.initReplica(uint64(i+1), d.Replicas[i]))
 	}
-	start := func(p *replicaProc) {
-		p.log = &bytes.Buffer{}
-		p.cmd = exec.Command(bin, "run", "--dir", p.dir, "--log-level", "warn")
-		p.cmd.Stderr = p.log
-		if err := p.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+	for _, p := range c.procs {
+		c.start(p)
 	}
-	for _, p := range procs {
-		start(p)
-	}
-	defer func() {
-		for i, p := range procs {
+	t.Cleanup(func() {
+		for i, p := range c.procs {
 			if p.cmd != nil && p.cmd.Process != nil {
 				p.cmd.Process.Kill()
 				p.cmd.Wait()
@@ -122,37 +121,77 @@ func TestSIGKILLUnderLoadLosesNoAckedTx(t *testing.T) {
 				t.Logf("replica %d log:\n%s", i+1, p.log.String())
 			}
 		}
-	}()
-
+	})
 	clientKey, _ := identity.Generate()
-	cert, _ := peertls.New(clientKey)
-	clients := make([]ledgerv1.LedgerClient, 3)
-	for i, r := range d.Genesis.GetReplicas() {
-		id, _ := peer.Decode(r.GetPeerId())
-		conn, err := daemon.Dial(r.GetAddress(), cert, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		clients[i] = ledgerv1.NewLedgerClient(conn)
+	c.cert, _ = peertls.New(clientKey)
+	for _, r := range d.Genesis.GetReplicas() {
+		c.clients = append(c.clients, c.dial(r.GetPeerId(), r.GetAddress()))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	// Wait for a leader.
-	leader := func() uint64 {
-		for _, c := range clients {
-			cctx, ccancel := context.WithTimeout(ctx, time.Second)
-			s, err := c.Status(cctx, &ledgerv1.StatusRequest{})
-			ccancel()
-			if err == nil && s.GetLeaderId() != 0 {
-				return s.GetLeaderId()
-			}
-		}
-		return 0
-	}
-	if !eventually(30*time.Second, func() bool { return leader() != 0 }) {
+	if !eventually(30*time.Second, func() bool { return c.leader() != 0 }) {
 		t.Fatal("no leader elected")
 	}
+	return c
+}
+
+// initReplica runs `ledgerd init` for a replica key; extra flags are passed on.
+func (c *procCluster) initReplica(id uint64, key *identity.Key, extra ...string) *replicaProc {
+	c.t.Helper()
+	keyPath := filepath.Join(c.base, fmt.Sprintf("replica-%d.key", id))
+	if err := identity.Save(keyPath, key); err != nil {
+		c.t.Fatal(err)
+	}
+	dir := filepath.Join(c.base, fmt.Sprintf("r%d", id))
+	args := append([]string{"init", "--dir", dir, "--genesis", c.genPath, "--key", keyPath, "--raft-id", fmt.Sprint(id)}, extra...)
+	if out, err := exec.Command(c.bin, args...).CombinedOutput(); err != nil {
+		c.t.Fatalf("init: %v\n%s", err, out)
+	}
+	return &replicaProc{dir: dir}
+}
+
+func (c *procCluster) start(p *replicaProc, extra ...string) {
+	p.log = &bytes.Buffer{}
+	p.cmd = exec.Command(c.bin, append([]string{"run", "--dir", p.dir, "--log-level", "info"}, extra...)...)
+	p.cmd.Stderr = p.log
+	if err := p.cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *procCluster) dial(peerID, addr string) ledgerv1.LedgerClient {
+	id, _ := peer.Decode(peerID)
+	conn, err := daemon.Dial(addr, c.cert, id)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { conn.Close() })
+	return ledgerv1.NewLedgerClient(conn)
+}
+
+// leader returns the leader's raft ID as some replica sees it (0: none).
+func (c *procCluster) leader() uint64 {
+	for _, cl := range c.clients {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		s, err := cl.Status(ctx, &ledgerv1.StatusRequest{})
+		cancel()
+		if err == nil && s.GetLeaderId() != 0 {
+			return s.GetLeaderId()
+		}
+	}
+	return 0
+}
+
+// TestSIGKILLUnderLoadLosesNoAckedTx runs three real ledgerd processes, offers
+// transfers from several accounts, SIGKILLs a replica (the leader half of
+// the time) again and again while the load runs, restarts it from its
+// directory, and finally checks that every transfer that was acknowledged
+// as applied is in the chain on every replica, that the replicas agree on
+// the head, and that the balances add up to the supply.
+func TestSIGKILLUnderLoadLosesNoAckedTx(t *testing.T) {
+	c := startProcCluster(t, "kill-test")
+	d, procs, clients, leader := c.dev, c.procs, c.clients, c.leader
+	start := func(p *replicaProc) { c.start(p) }
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
 
 	// Load: one goroutine per account, transfers with wait, to any live
 	// replica. An acknowledged tx is one SubmitTx answered with a location.
@@ -168,7 +207,7 @@ func TestSIGKILLUnderLoadLosesNoAckedTx(t *testing.T) {
 			nonce := uint64(0)
 			rng := rand.New(rand.NewPCG(uint64(a), 9))
 			for loadCtx.Err() == nil {
-				tx := &ledgerv1.Tx{ChainId: "kill-test", Sender: []byte(key.PeerID()), Nonce: nonce + 1, ExpiryHeight: 1 << 40,
+				tx := &ledgerv1.Tx{ChainId: d.Genesis.GetChainId(), Sender: []byte(key.PeerID()), Nonce: nonce + 1, ExpiryHeight: 1 << 40,
 					Body: &ledgerv1.Tx_Transfer{Transfer: &ledgerv1.Transfer{To: []byte(to), Amount: 1}}}
 				signed, err := market.SignTx(key, tx)
 				if err != nil {
