@@ -21,6 +21,7 @@ import (
 	"github.com/quarrynet/quarry/internal/daemon"
 	"github.com/quarrynet/quarry/internal/identity"
 	"github.com/quarrynet/quarry/internal/peertls"
+	"github.com/quarrynet/quarry/internal/poll"
 	"github.com/quarrynet/quarry/market"
 	ledgerv1 "github.com/quarrynet/quarry/proto/quarry/ledger/v1"
 )
@@ -42,20 +43,6 @@ func freeAddrs(t *testing.T, n int) []string {
 		l.Close()
 	}
 	return out
-}
-
-// eventually polls cond until it holds (true) or d passes (false).
-func eventually(d time.Duration, cond func() bool) bool {
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		<-tick.C
-	}
-	return true
 }
 
 type replicaProc struct {
@@ -127,7 +114,7 @@ func startProcCluster(t *testing.T, chainID string) *procCluster {
 	for _, r := range d.Genesis.GetReplicas() {
 		c.clients = append(c.clients, c.dial(r.GetPeerId(), r.GetAddress()))
 	}
-	if !eventually(30*time.Second, func() bool { return c.leader() != 0 }) {
+	if !poll.Until(30*time.Second, func() bool { return c.leader() != 0 }) {
 		t.Fatal("no leader elected")
 	}
 	return c
@@ -248,7 +235,7 @@ func TestSIGKILLUnderLoadLosesNoAckedTx(t *testing.T) {
 	for round := 0; round < 4; round++ {
 		// Let some transfers through, then kill.
 		want := ackCount() + 20
-		if !eventually(60*time.Second, func() bool { return ackCount() >= want }) {
+		if !poll.Until(60*time.Second, func() bool { return ackCount() >= want }) {
 			t.Fatalf("round %d: load stalled at %d acknowledged transfers", round, ackCount())
 		}
 		victim := rng.IntN(3)
@@ -274,7 +261,7 @@ func TestSIGKILLUnderLoadLosesNoAckedTx(t *testing.T) {
 	}
 	for i, c := range clients {
 		missing := 0
-		if !eventually(60*time.Second, func() bool {
+		if !poll.Until(60*time.Second, func() bool {
 			missing = 0
 			for h := range acked {
 				cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
@@ -298,7 +285,7 @@ func TestSIGKILLUnderLoadLosesNoAckedTx(t *testing.T) {
 	var ref []byte
 	for i, c := range clients {
 		var b *ledgerv1.GetBlockResponse
-		if !eventually(30*time.Second, func() bool {
+		if !poll.Until(30*time.Second, func() bool {
 			b, err = c.GetBlock(ctx, &ledgerv1.GetBlockRequest{Height: h})
 			return err == nil
 		}) {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/quarrynet/quarry/internal/identity"
+	"github.com/quarrynet/quarry/internal/poll"
 	"github.com/quarrynet/quarry/market"
 	ledgerv1 "github.com/quarrynet/quarry/proto/quarry/ledger/v1"
 )
@@ -60,7 +61,7 @@ func TestAddAndRemoveReplicaCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	var last string
-	if !eventually(60*time.Second, func() bool {
+	if !poll.Until(60*time.Second, func() bool {
 		s, err := client4.Status(ctx, &ledgerv1.StatusRequest{})
 		last = fmt.Sprintf("status %v, err %v", s, err)
 		return err == nil && s.GetHead().GetHeight() >= target.GetHead().GetHeight() && len(s.GetReplicas()) == 4

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/quarrynet/quarry/internal/identity"
+	"github.com/quarrynet/quarry/internal/poll"
 	"github.com/quarrynet/quarry/ledger"
 	"github.com/quarrynet/quarry/market"
 )
@@ -67,7 +68,7 @@ func TestWalletAndChainAgainstALedger(t *testing.T) {
 		ChainID string `json:"chain_id"`
 		Leader  uint64 `json:"leader"`
 	}
-	if !pollUntil(30*time.Second, func() bool {
+	if !poll.Until(30*time.Second, func() bool {
 		out, err := run(t, repo, "chain", "status", "--json")
 		return err == nil && json.Unmarshal([]byte(out), &st) == nil && st.Leader != 0
 	}) {
@@ -124,7 +125,7 @@ func TestWalletAndChainAgainstALedger(t *testing.T) {
 		done <- root.ExecuteContext(ctx)
 	}()
 	mustRun(t, repo, "wallet", "send", other.PeerID().String(), "1")
-	if !pollUntil(30*time.Second, func() bool { return strings.Count(buf.String(), "\"txs\": 1") >= 2 }) {
+	if !poll.Until(30*time.Second, func() bool { return strings.Count(buf.String(), "\"txs\": 1") >= 2 }) {
 		t.Fatalf("follow did not show the second transfer's block:\n%s", buf.String())
 	}
 	cancel()
@@ -132,19 +133,6 @@ func TestWalletAndChainAgainstALedger(t *testing.T) {
 		t.Fatalf("follow ended with %v", err)
 	}
 
-}
-
-func pollUntil(d time.Duration, cond func() bool) bool {
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		<-tick.C
-	}
-	return true
 }
 
 type syncBuffer struct {
