@@ -57,7 +57,6 @@ func (s *Store) exportPiece(ctx context.Context, p *Piece, root cid.Cid, w io.Wr
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	workers := runtime.GOMAXPROCS(0)
 	work := make(chan *section, 2*workers)
 	ordered := make(chan *section, 4*workers)
@@ -103,7 +102,12 @@ func (s *Store) exportPiece(ctx context.Context, p *Piece, root cid.Cid, w io.Wr
 			}
 		}
 	}()
-	defer wg.Wait()
+	// On an early return the producer may be blocked sending: cancel first,
+	// then wait for the workers (which end when the producer closes work).
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
 	for sec := range ordered {
 		<-sec.done
 		if sec.err != nil {

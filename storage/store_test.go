@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
@@ -502,5 +503,35 @@ func TestPieceWriterReadsBackWhileWriting(t *testing.T) {
 			}
 		}
 		w.Abort()
+	}
+}
+
+type failingWriter struct{ n, failAt int }
+
+func (f *failingWriter) Write(p []byte) (int, error) {
+	f.n++
+	if f.n >= f.failAt {
+		return 0, syscall.ENOSPC
+	}
+	return len(p), nil
+}
+
+// An export that fails part-way (full disk, a reader gone, a corrupt block)
+// returns the error instead of hanging, whatever the piece's size.
+func TestExportFailsPartWayWithoutHanging(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	p := addFile(t, s, 0, 40<<20, "kubo-v1") // 160 leaves: many more sections than the pipeline holds
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Export(context.Background(), mustCID(t, p), &failingWriter{failAt: 4})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, syscall.ENOSPC) {
+			t.Fatalf("export to a failing writer: %v, want ENOSPC", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("export hung after its writer failed")
 	}
 }

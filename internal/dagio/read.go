@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/ipfs/boxo/blockservice"
 	"github.com/ipfs/boxo/blockstore"
@@ -58,12 +59,16 @@ func Cat(ctx context.Context, bg BlockGetter, root cid.Cid, w io.Writer) (int64,
 	br, _ := bg.(BufferedBlockReader)
 	viewer, _ := bg.(BlockViewer)
 	var pool sync.Pool
+	var pinned atomic.Int32
 	for range workers {
 		go func() {
 			for f := range jobs {
-				if viewer != nil && f.c.Type() == cid.Raw {
-					// Zero-copy: the worker holds the block (pinned by View)
-					// until the writer has written it.
+				// Zero-copy: the worker holds the block (pinned by View)
+				// until the writer has written it. At most workers-1 pin at
+				// once, so one worker always keeps taking jobs: the block the
+				// writer waits for may be queued behind blocks that are
+				// further along in the file (after an inner node's expansion).
+				if viewer != nil && f.c.Type() == cid.Raw && pinned.Add(1) < int32(workers) {
 					f.consumed = make(chan struct{})
 					called := false
 					err := viewer.View(ctx, f.c, func(data []byte) error {
@@ -73,11 +78,14 @@ func Cat(ctx context.Context, bg BlockGetter, root cid.Cid, w io.Writer) (int64,
 						<-f.consumed
 						return nil
 					})
+					pinned.Add(-1)
 					if !called {
 						f.err = err
 						close(f.done)
 					}
 					continue
+				} else if viewer != nil && f.c.Type() == cid.Raw {
+					pinned.Add(-1)
 				}
 				if br != nil {
 					var buf []byte
@@ -111,7 +119,12 @@ func Cat(ctx context.Context, bg BlockGetter, root cid.Cid, w io.Writer) (int64,
 		for i := 0; i < len(queue) && i < window; i++ {
 			if q := queue[i]; q.done == nil {
 				q.done = make(chan struct{})
-				jobs <- q
+				select {
+				case jobs <- q:
+				case <-ctx.Done():
+					q.done = nil // never handed to a worker: nothing to wait for
+					return written, ctx.Err()
+				}
 			}
 		}
 		f := queue[0]
