@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"runtime"
 	"sync"
 
@@ -29,12 +30,13 @@ func newSigCache(max int) *sigCache {
 }
 
 func sigKey(c market.SignatureCheck) [32]byte {
+	// Every field is length-prefixed: with plain separators, a longer
+	// (forged) signature and a shorter message could spell the same bytes.
 	h := sha256.New()
-	h.Write([]byte(c.Signer))
-	h.Write([]byte{0})
-	h.Write(c.Sig)
-	h.Write([]byte{0})
-	h.Write(c.Msg)
+	for _, f := range [][]byte{[]byte(c.Signer), c.Sig, c.Msg} {
+		h.Write(binary.BigEndian.AppendUint64(nil, uint64(len(f))))
+		h.Write(f)
+	}
 	var k [32]byte
 	h.Sum(k[:0])
 	return k

@@ -46,3 +46,13 @@ func TestSigCacheRemembersOnlyValidSignatures(t *testing.T) {
 		t.Fatalf("cache grew to %d entries, bound is 2", len(sc.seen))
 	}
 }
+
+// Keys of different (signature, message) splits of the same bytes differ.
+func TestSigKeyIsUnambiguous(t *testing.T) {
+	k, _ := identity.Generate()
+	a := market.SignatureCheck{Signer: k.PeerID(), Sig: []byte("sig"), Msg: []byte("\x00msg")}
+	b := market.SignatureCheck{Signer: k.PeerID(), Sig: []byte("sig\x00"), Msg: []byte("msg")}
+	if sigKey(a) == sigKey(b) {
+		t.Fatal("two different checks share a cache key")
+	}
+}

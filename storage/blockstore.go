@@ -9,6 +9,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/ipfs/boxo/blockstore"
+	"github.com/ipfs/boxo/verifcid"
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
 	ipld "github.com/ipfs/go-ipld-format"
@@ -19,6 +20,9 @@ var _ blockstore.Blockstore = (*Store)(nil)
 
 // locate returns the locations of a block, at most max of them (0: all).
 func (s *Store) locate(h mh.Multihash, max int) ([]location, error) {
+	if err := s.checkOpen(); err != nil {
+		return nil, err
+	}
 	p := blockPrefix(h)
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
 	if err != nil {
@@ -67,6 +71,11 @@ func (s *Store) readVerified(c cid.Cid, loc location, buf []byte) ([]byte, error
 
 // verify checks data against the multihash in c.
 func verify(c cid.Cid, data []byte) error {
+	// Refuse CIDs whose hash could not protect the data (weak or unknown
+	// functions, truncated digests): they would "verify" anything.
+	if err := verifcid.ValidateCid(verifcid.DefaultAllowlist, c); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrWeakCID, c, err)
+	}
 	dec, err := mh.Decode(c.Hash())
 	if err != nil {
 		return fmt.Errorf("storage: %s: %w", c, err)

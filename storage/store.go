@@ -27,6 +27,7 @@ var (
 	ErrBlockInPiece = errors.New("storage: block belongs to a stored DAG; delete the DAG instead")
 	ErrIncomplete   = errors.New("storage: DAG is incomplete")
 	ErrClosed       = errors.New("storage: store is closed")
+	ErrWeakCID      = errors.New("storage: CID's hash is not accepted (weak function or truncated digest)")
 )
 
 // Config configures a Store.
@@ -73,6 +74,8 @@ type Store struct {
 	// noDirect, set by tests, makes piece writes go through the page cache
 	// as on file systems without O_DIRECT.
 	noDirect bool
+	// allocMu serialises piece id allocation (see allocID).
+	allocMu sync.Mutex
 	// putMu serialises loose appends (held across their I/O on purpose: one
 	// appender at a time, readers never take it).
 	putMu sync.Mutex
@@ -275,6 +278,11 @@ func (s *Store) loadNextID() error {
 // allocID reserves a piece id durably, so that a crash cannot hand the same
 // id (and file name) to two pieces.
 func (s *Store) allocID() (uint64, error) {
+	// Held across the write so that the stored value only ever grows (two
+	// allocations committing out of order could store the smaller one and
+	// hand the same id out again after a restart).
+	s.allocMu.Lock()
+	defer s.allocMu.Unlock()
 	s.mu.Lock()
 	if s.mu.closed {
 		s.mu.Unlock()
@@ -291,6 +299,9 @@ func (s *Store) allocID() (uint64, error) {
 }
 
 func (s *Store) getPiece(id uint64) (*Piece, error) {
+	if err := s.checkOpen(); err != nil {
+		return nil, err
+	}
 	v, closer, err := s.db.Get(idKey(prefixPiece, id))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, ErrNoPiece
@@ -308,6 +319,9 @@ func (s *Store) getPiece(id uint64) (*Piece, error) {
 
 // PieceByRoot returns the sealed piece holding the DAG under root.
 func (s *Store) PieceByRoot(root cid.Cid) (*Piece, error) {
+	if err := s.checkOpen(); err != nil {
+		return nil, err
+	}
 	v, closer, err := s.db.Get(rootKey(root))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, fmt.Errorf("%w: %s", ErrNoPiece, root)
@@ -322,6 +336,9 @@ func (s *Store) PieceByRoot(root cid.Cid) (*Piece, error) {
 
 // Pieces lists every sealed DAG piece.
 func (s *Store) Pieces() ([]*Piece, error) {
+	if err := s.checkOpen(); err != nil {
+		return nil, err
+	}
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixPiece}, UpperBound: []byte{prefixPiece + 1}})
 	if err != nil {
 		return nil, err
@@ -368,6 +385,9 @@ func (s *Store) recover() error {
 		name := e.Name()
 		base, ext, _ := strings.Cut(name, ".")
 		id, perr := strconv.ParseUint(base, 16, 64)
+		if perr == nil && id >= s.mu.nextID {
+			s.mu.nextID = id + 1 // never reuse a name that exists on disk
+		}
 		switch {
 		case perr != nil:
 			continue // not ours
@@ -425,6 +445,18 @@ func (s *Store) dropHandle(id uint64) {
 	if f != nil {
 		f.Close()
 	}
+}
+
+// checkOpen returns ErrClosed once Close has begun. It guards the entry
+// points so that a call after Close fails cleanly; a call racing Close may
+// still fail with Pebble's own "closed" error.
+func (s *Store) checkOpen() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.closed {
+		return ErrClosed
+	}
+	return nil
 }
 
 func (s *Store) writeHook(n int) error {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -533,5 +534,92 @@ func TestExportFailsPartWayWithoutHanging(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("export hung after its writer failed")
+	}
+}
+
+// Blocks under CIDs whose hash cannot protect them (a truncated digest, a
+// non-cryptographic function) are refused: they would verify any bytes.
+func TestWeakCIDsAreRefused(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	data := []byte("anything at all")
+	for _, c := range []cid.Cid{
+		cid.NewCidV1(cid.Raw, mustMH(t, data, mh.SHA2_256, 4)), // 4-byte digest
+		cid.NewCidV1(cid.Raw, mustMH(t, data, mh.MURMUR3X64_64, -1)),
+	} {
+		b, _ := blocks.NewBlockWithCid(data, c)
+		if err := s.Put(context.Background(), b); !errors.Is(err, ErrWeakCID) {
+			t.Errorf("Put under %s: %v, want ErrWeakCID", c, err)
+		}
+	}
+}
+
+func mustMH(t *testing.T, data []byte, code uint64, length int) mh.Multihash {
+	t.Helper()
+	h, err := mh.Sum(data, code, length)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// After Close, calls fail with ErrClosed instead of panicking in Pebble.
+func TestCallsAfterCloseFail(t *testing.T) {
+	s, err := Open(Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cid.MustParse("bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku")
+	s.Close()
+	if _, err := s.Get(context.Background(), c); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Get after Close: %v", err)
+	}
+	if _, err := s.Pieces(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Pieces after Close: %v", err)
+	}
+	if _, err := s.NewPieceWriter(36); !errors.Is(err, ErrClosed) {
+		t.Fatalf("NewPieceWriter after Close: %v", err)
+	}
+}
+
+// Piece ids only grow, even when allocations race, and never reuse a
+// name that is on disk.
+func TestPieceIDsNeverRepeatAcrossRestarts(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	seen := map[uint64]bool{}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 20 {
+				id, err := s.allocID()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				seen[id] = true
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	s.Close()
+	s, err = Open(Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	id, err := s.allocID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen[id] || len(seen) != 160 {
+		t.Fatalf("after restart id %d was handed out again (%d distinct before)", id, len(seen))
 	}
 }

@@ -107,11 +107,28 @@ func (im *importer) importRegular(ctx context.Context, f *os.File, size int64) (
 	// Mapping pays off for multi-chunk files of raw-leaf profiles; a one-chunk
 	// file's root would be its raw leaf, pointing into the mapping.
 	if ok && bc.CopiesBlocks() && im.p.RawLeaves && size > im.p.ChunkSize {
+		var before unix.Stat_t
 		data, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
-		if err == nil {
+		if err == nil && unix.Fstat(int(f.Fd()), &before) == nil {
 			defer unix.Munmap(data)
 			_ = unix.Madvise(data, unix.MADV_SEQUENTIAL)
-			return importFile(ctx, im.dst, &mappedSource{data: data, size: int(im.p.ChunkSize)}, im.p, im.progress(), true)
+			n, err := importFile(ctx, im.dst, &mappedSource{data: data, size: int(im.p.ChunkSize)}, im.p, im.progress(), true)
+			if err != nil {
+				return nil, err
+			}
+			// Leaf CIDs are hashed from the mapping and the piece copies the
+			// bytes later: a file rewritten in place in between would give
+			// blocks that do not match their CIDs. Refuse if it changed.
+			var after unix.Stat_t
+			if err := unix.Fstat(int(f.Fd()), &after); err != nil {
+				return nil, err
+			}
+			if after.Size != before.Size || after.Mtim != before.Mtim || after.Ctim != before.Ctim {
+				return nil, errFileChanged
+			}
+			return n, nil
+		} else if err == nil {
+			unix.Munmap(data)
 		}
 	}
 	var r io.Reader = f

@@ -16,15 +16,26 @@ import (
 // user truncating a log file mid-add would.
 type truncatingDAG struct {
 	*storage.PieceWriter
-	path  string
-	adds  int
-	after int
+	path    string
+	adds    int
+	after   int
+	inPlace bool // overwrite bytes instead of shrinking the file
 }
 
 func (d *truncatingDAG) Add(ctx context.Context, n ipld.Node) error {
 	d.adds++
 	if d.adds == d.after {
-		if err := os.Truncate(d.path, 1<<20); err != nil {
+		if d.inPlace {
+			f, err := os.OpenFile(d.path, os.O_WRONLY, 0)
+			if err != nil {
+				return err
+			}
+			_, err = f.WriteAt([]byte("rewritten in place"), 20<<20)
+			f.Close()
+			if err != nil {
+				return err
+			}
+		} else if err := os.Truncate(d.path, 1<<20); err != nil {
 			return err
 		}
 	}
@@ -49,5 +60,28 @@ func TestMappedFileShrinkingIsAnErrorNotACrash(t *testing.T) {
 	_, err = ImportPath(context.Background(), &truncatingDAG{PieceWriter: w, path: path, after: 3}, path, p, ImportOptions{})
 	if !errors.Is(err, errFileChanged) {
 		t.Fatalf("import of a file truncated mid-way: %v, want errFileChanged", err)
+	}
+}
+
+// A file rewritten in place (same size) while it is added would give leaves
+// hashed before and copied after the change: the import is refused.
+func TestMappedFileRewrittenInPlaceIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "f.bin")
+	writeFile(t, path, 0, 24<<20)
+	s, err := storage.Open(storage.Config{Dir: t.TempDir(), NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	p, _ := ProfileByName("kubo-v1")
+	w, err := s.NewPieceWriter(p.RootLen())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Abort()
+	_, err = ImportPath(context.Background(), &truncatingDAG{PieceWriter: w, path: path, after: 3, inPlace: true}, path, p, ImportOptions{})
+	if !errors.Is(err, errFileChanged) {
+		t.Fatalf("import of a file rewritten mid-way: %v, want errFileChanged", err)
 	}
 }

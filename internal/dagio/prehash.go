@@ -162,7 +162,7 @@ func (ms *mappedSource) release(off int) {
 }
 
 // errFileChanged reports a fault reading a mapped file (it was truncated).
-var errFileChanged = errors.New("dagio: the file changed (shrank) while it was being added")
+var errFileChanged = errors.New("dagio: the file changed while it was being added; add it again once it is no longer written to")
 
 // faultToError turns a memory fault from a mapped file (with
 // debug.SetPanicOnFault on) into errFileChanged; other panics go on.
