@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/quarrynet/quarry/consensus"
 	"github.com/quarrynet/quarry/internal/daemon"
 	"github.com/quarrynet/quarry/internal/identity"
 	"github.com/quarrynet/quarry/internal/peertls"
@@ -128,11 +129,11 @@ func newInitCmd(stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := os.WriteFile(filepath.Join(dir, "genesis.json"), append(b, '\n'), 0o644); err != nil {
+			if err := writeFileAtomic(filepath.Join(dir, "genesis.json"), append(b, '\n')); err != nil {
 				return err
 			}
 			cb, _ := json.MarshalIndent(replicaConfig{RaftID: raftID, GRPCAddr: grpcAddr, HTTPAddr: httpAddr, Join: join}, "", "  ")
-			if err := os.WriteFile(filepath.Join(dir, "ledgerd.json"), append(cb, '\n'), 0o644); err != nil {
+			if err := writeFileAtomic(filepath.Join(dir, "ledgerd.json"), append(cb, '\n')); err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "initialised replica %d (%s) of chain %s in %s\n", raftID, key.PeerID(), gen.GetChainId(), dir)
@@ -147,6 +148,31 @@ func newInitCmd(stdout io.Writer) *cobra.Command {
 	cmd.Flags().StringVar(&httpAddr, "http-addr", "", "HTTP /metrics and /healthz address (empty: off)")
 	cmd.Flags().BoolVar(&join, "join", false, "a replica that is not in the genesis and will be added with add-replica")
 	return withEnv(cmd)
+}
+
+// writeFileAtomic writes through a synced temp file renamed into place, so
+// a crash leaves the old file or the new one, never half of one.
+func writeFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	if _, err := tmp.Write(data); err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp.Name(), 0o644)
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
 }
 
 func readGenesis(path string) (*ledgerv1.Genesis, error) {
@@ -232,7 +258,14 @@ func newRunCmd(stderr io.Writer) *cobra.Command {
 				return err
 			}
 			logger.Info("ledgerd: serving", "raft_id", rc.RaftID, "peer_id", node.PeerID(), "grpc", node.GRPCAddr())
-			return node.Run(ctx)
+			err = node.Run(ctx)
+			if errors.Is(err, consensus.ErrRemoved) {
+				// Not a failure: the cluster let this replica go. Exit 0 so a
+				// supervisor does not restart it.
+				logger.Info("ledgerd: this replica was removed from the cluster; its data directory is no longer needed", "dir", dir)
+				return nil
+			}
+			return err
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", "", "data directory made by init")

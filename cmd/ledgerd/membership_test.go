@@ -76,8 +76,11 @@ func TestAddAndRemoveReplicaCommands(t *testing.T) {
 	exited := make(chan error, 1)
 	go func() { exited <- p4.cmd.Wait() }()
 	select {
-	case <-exited:
+	case err := <-exited:
 		p4.cmd = nil // reaped
+		if err != nil || !strings.Contains(p4.log.String(), "removed from the cluster") {
+			t.Fatalf("removed replica exited with %v (want status 0 and a log line saying it was removed):\n%s", err, p4.log.String())
+		}
 	case <-time.After(60 * time.Second):
 		t.Fatal("the removed replica is still running")
 	}

@@ -34,7 +34,9 @@ The root CID is printed last; -Q prints only the root CID.`,
 				return err
 			}
 			path := args[0]
-			st, err := os.Stat(path)
+			// Lstat, as the importer does: a symlink is added as a symlink
+			// (as Kubo does), whatever it points to.
+			st, err := os.Lstat(path)
 			if err != nil {
 				return fmt.Errorf("cannot add %s: %w", path, errors.Unwrap(err))
 			}

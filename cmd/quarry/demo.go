@@ -156,8 +156,9 @@ func demoLedger(ctx context.Context, out io.Writer, dir string) error {
 		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var wg sync.WaitGroup
+	defer wg.Wait() // after cancel (defers run last-in first-out)
+	defer cancel()
 	errs := make(chan error, 3)
 	for i, key := range d.Replicas {
 		n, err := ledger.New(ledger.Config{
@@ -176,9 +177,6 @@ func demoLedger(ctx context.Context, out io.Writer, dir string) error {
 			}
 		}()
 	}
-	defer wg.Wait()
-	defer cancel()
-
 	cert, err := peertls.New(d.Accounts[0])
 	if err != nil {
 		return err
