@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -20,7 +21,10 @@ import (
 	"github.com/quarrynet/quarry/internal/keystream"
 )
 
-const crashEnv = "QUARRY_STORAGE_CRASH_DIR"
+const (
+	crashEnv     = "QUARRY_STORAGE_CRASH_DIR"
+	failpointEnv = "QUARRY_STORAGE_FAILPOINT"
+)
 
 // TestCrashChild is the body of the child process TestKillDuringImport
 // starts; run directly (without the environment variable) it does nothing.
@@ -37,6 +41,18 @@ func TestCrashChild(t *testing.T) {
 	ctx := context.Background()
 	profiles := []string{"kubo", "kubo-v1", "unixfs-v1-2025"}
 	out := bufio.NewWriter(os.Stdout)
+	if fp := os.Getenv(failpointEnv); fp != "" {
+		// Die at the second time the named crash point is reached.
+		seen := 0
+		s.failpoint = func(name string) {
+			if name == fp {
+				if seen++; seen == 2 {
+					out.Flush()
+					os.Exit(3)
+				}
+			}
+		}
+	}
 	for i := 0; i < 500; i++ {
 		off := int64(i) * 977
 		n := int64(1<<20 + (i*7919)%(6<<20))
@@ -51,6 +67,8 @@ func TestCrashChild(t *testing.T) {
 			fmt.Println("error", err)
 			os.Exit(2)
 		}
+		fmt.Fprintf(out, "sealing %s %d %d\n", root.Cid(), off, n)
+		out.Flush()
 		if _, err := w.Seal(ctx, root.Cid()); err != nil {
 			fmt.Println("error", err)
 			os.Exit(2)
@@ -58,7 +76,9 @@ func TestCrashChild(t *testing.T) {
 		// Acknowledged: from here the parent may kill us and expects it back.
 		fmt.Fprintf(out, "sealed %s %d %d\n", root.Cid(), off, n)
 		out.Flush()
-		if i%4 == 3 {
+		if i%2 == 1 {
+			fmt.Fprintf(out, "deleting %s\n", root.Cid())
+			out.Flush()
 			if err := s.Delete(ctx, root.Cid()); err != nil {
 				fmt.Println("error", err)
 				os.Exit(2)
@@ -110,6 +130,7 @@ func TestKillDuringImport(t *testing.T) {
 			case "deleted":
 				deleted[f[1]] = true
 				delete(acked, f[1])
+			case "sealing", "deleting":
 			default:
 				t.Fatalf("child: %s", sc.Text())
 			}
@@ -183,5 +204,77 @@ func checkAfterCrash(t *testing.T, dir string, acked map[string][2]int64, delete
 		if _, err := s.Get(ctx, k); err != nil {
 			t.Fatalf("indexed block %s unreadable: %v", k, err)
 		}
+	}
+}
+
+// TestCrashPoints stops a real child process exactly at each crash point of
+// the durable-step order and checks what the package doc promises there:
+// a piece sealed but not indexed is invisible and its file gone; a piece
+// indexed but not yet acknowledged is complete; a deleted piece whose file
+// was not yet removed stays deleted and its file goes at Open.
+func TestCrashPoints(t *testing.T) {
+	for _, fp := range []string{FailpointSealedNotIndexed, FailpointIndexedNotAcked, FailpointDeleteIndexGone} {
+		t.Run(fp, func(t *testing.T) {
+			dir := t.TempDir()
+			cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$")
+			cmd.Env = append(os.Environ(), crashEnv+"="+dir, failpointEnv+"="+fp)
+			var stdout bytes.Buffer
+			cmd.Stdout = &stdout
+			cmd.Stderr = os.Stderr
+			err := cmd.Run()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 3 {
+				t.Fatalf("child did not stop at %s: %v\n%s", fp, err, stdout.String())
+			}
+			acked := map[string][2]int64{}
+			deleted := map[string]bool{}
+			var inFlight, deleting string
+			var inFlightRange [2]int64
+			for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
+				f := strings.Fields(line)
+				switch f[0] {
+				case "sealing":
+					inFlight = f[1]
+					fmt.Sscan(f[2], &inFlightRange[0])
+					fmt.Sscan(f[3], &inFlightRange[1])
+				case "sealed":
+					acked[f[1]] = inFlightRange
+					inFlight = ""
+				case "deleting":
+					deleting = f[1]
+				case "deleted":
+					deleted[f[1]] = true
+					delete(acked, f[1])
+					deleting = ""
+				}
+			}
+			switch fp {
+			case FailpointSealedNotIndexed, FailpointIndexedNotAcked:
+				if inFlight == "" {
+					t.Fatalf("no seal in flight at the crash:\n%s", stdout.String())
+				}
+			case FailpointDeleteIndexGone:
+				if deleting == "" {
+					t.Fatalf("no delete in flight at the crash:\n%s", stdout.String())
+				}
+				deleted[deleting] = true
+				delete(acked, deleting)
+			}
+			checkAfterCrash(t, dir, acked, deleted)
+			s, err := Open(Config{Dir: dir})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if fp != FailpointDeleteIndexGone {
+				_, err := s.PieceByRoot(cid.MustParse(inFlight))
+				switch {
+				case fp == FailpointSealedNotIndexed && err == nil:
+					t.Fatal("a piece that never reached its index batch is visible")
+				case fp == FailpointIndexedNotAcked && err != nil:
+					t.Fatalf("a piece whose index batch committed is gone: %v", err)
+				}
+			}
+		})
 	}
 }

@@ -47,7 +47,7 @@ func (s *Store) deletePiece(p *Piece, rk []byte) error {
 	if err := b.Commit(s.writeOpts); err != nil {
 		return fmt.Errorf("storage: delete piece: %w", err)
 	}
-	// failpoint: index gone, file still on disk (removed at Open).
+	s.fail(FailpointDeleteIndexGone) // the file is removed at Open
 	s.dropHandle(p.ID)
 	if err := os.Remove(s.pieceFile(p.ID, p.Kind)); err != nil && !os.IsNotExist(err) {
 		return fmt.Errorf("storage: remove piece file: %w", err)

@@ -51,6 +51,12 @@
 //	    Open]. Deleting a DAG therefore reclaims all of its space; a block that
 //	    another piece also holds stays readable through that piece.
 //
+// Each crash point is a named failpoint (FailpointSealedNotIndexed,
+// FailpointIndexedNotAcked, FailpointDeleteIndexGone); the crash tests stop a
+// real child process at each of them and check the promise above. A process
+// kill keeps the page cache, so these tests prove the order of the steps and
+// the recovery, not that fsync reached the disk.
+//
 // Loose blocks (Put/PutMany) are appended to the current .blk file, which is
 // fdatasync'ed before the synced index batch that makes them visible, so an
 // acknowledged Put survives a crash and an unacknowledged one is invisible.

@@ -281,7 +281,7 @@ func (w *PieceWriter) seal(ctx context.Context, root cid.Cid) (*Piece, error) {
 			return nil, fmt.Errorf("storage: sync dir: %w", err)
 		}
 	}
-	// failpoint: sealed file on disk, not yet indexed (removed at Open).
+	w.s.fail(FailpointSealedNotIndexed) // the file is removed at Open
 
 	cbin, err := commitment.MarshalBinary()
 	if err != nil {
@@ -327,6 +327,7 @@ func (w *PieceWriter) seal(ctx context.Context, root cid.Cid) (*Piece, error) {
 		os.Remove(final)
 		return nil, fmt.Errorf("storage: index piece: %w", err)
 	}
+	w.s.fail(FailpointIndexedNotAcked) // the piece is complete and visible
 	return piece, nil
 }
 

@@ -71,6 +71,9 @@ type Store struct {
 	// faults, when set by tests, is called before every write with its size
 	// and may fail it (full disk, I/O error).
 	faults func(n int) error
+	// failpoint, set by crash tests, is called at each named crash point of
+	// the durable-step order (see the package doc) and may kill the process.
+	failpoint func(name string)
 	// noDirect, set by tests, makes piece writes go through the page cache
 	// as on file systems without O_DIRECT.
 	noDirect bool
@@ -444,6 +447,19 @@ func (s *Store) dropHandle(id uint64) {
 	s.mu.Unlock()
 	if f != nil {
 		f.Close()
+	}
+}
+
+// Crash points, in the order of the package doc.
+const (
+	FailpointSealedNotIndexed = "sealed-not-indexed" // piece file renamed and synced, index batch not written
+	FailpointIndexedNotAcked  = "indexed-not-acked"  // index batch committed, Seal not yet returned
+	FailpointDeleteIndexGone  = "delete-index-gone"  // delete batch committed, file not yet removed
+)
+
+func (s *Store) fail(name string) {
+	if s.failpoint != nil {
+		s.failpoint(name)
 	}
 }
 
