@@ -44,7 +44,13 @@ func (s *Store) deletePiece(p *Piece, rk []byte) error {
 	if rk != nil {
 		_ = b.Delete(rk, nil)
 	}
+	s.mu.Lock()
+	s.mu.deleted[p.ID] = true // ids are never reused, so this never needs clearing
+	s.mu.Unlock()
 	if err := b.Commit(s.writeOpts); err != nil {
+		s.mu.Lock()
+		delete(s.mu.deleted, p.ID)
+		s.mu.Unlock()
 		return fmt.Errorf("storage: delete piece: %w", err)
 	}
 	s.fail(FailpointDeleteIndexGone) // the file is removed at Open

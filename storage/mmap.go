@@ -39,6 +39,9 @@ func (s *Store) acquireMap(id uint64) (*mapping, error) {
 		m.refs++
 		return m, nil
 	}
+	if s.mu.deleted[id] {
+		return nil, fmt.Errorf("%w: piece %d was deleted", ErrNotFound, id)
+	}
 	f, err := os.Open(s.pieceFile(id, KindDAG))
 	if errors.Is(err, os.ErrNotExist) {
 		s.mu.maps[id] = nil // a loose file

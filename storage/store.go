@@ -63,6 +63,9 @@ type Store struct {
 		nextID uint64
 		files  map[uint64]*os.File // open read handles of sealed and loose pieces
 		maps   map[uint64]*mapping // read-only mappings of sealed pieces (nil: not mappable)
+		// deleted holds pieces whose delete began: readers that found a
+		// location just before it must not reopen (and cache) the file.
+		deleted map[uint64]bool
 		loose  *looseFile          // current loose-block file, nil until first Put
 	}
 	// sealMu serialises the final check-and-index step of Seal so that two
@@ -137,6 +140,7 @@ func Open(cfg Config) (*Store, error) {
 	}
 	s.mu.files = make(map[uint64]*os.File)
 	s.mu.maps = make(map[uint64]*mapping)
+	s.mu.deleted = make(map[uint64]bool)
 	if err := s.loadNextID(); err != nil {
 		db.Close()
 		return nil, err
@@ -426,6 +430,9 @@ func (s *Store) openPiece(id uint64) (*os.File, error) {
 	}
 	if f, ok := s.mu.files[id]; ok {
 		return f, nil
+	}
+	if s.mu.deleted[id] {
+		return nil, fmt.Errorf("%w: piece %d was deleted", ErrNotFound, id)
 	}
 	// The kind is in the file name; try the sealed name first.
 	f, err := os.Open(s.pieceFile(id, KindDAG))

@@ -623,3 +623,54 @@ func TestPieceIDsNeverRepeatAcrossRestarts(t *testing.T) {
 		t.Fatalf("after restart id %d was handed out again (%d distinct before)", id, len(seen))
 	}
 }
+
+// A reader holding a block while its DAG is deleted keeps valid bytes; the
+// file is still removed, later reads say not found, and nothing of the
+// deleted piece stays cached.
+func TestDeleteWhileReading(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	ctx := context.Background()
+	p := addFile(t, s, 0, 3<<20, "unixfs-v1-2025")
+	root := mustCID(t, p)
+	blk, err := s.Get(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	links, _ := Links(root, blk.RawData())
+	holding, release := make(chan struct{}), make(chan struct{})
+	viewErr := make(chan error, 1)
+	go func() {
+		viewErr <- s.View(ctx, links[0], func(b []byte) error {
+			close(holding)
+			<-release
+			if !bytes.Equal(b, keystream.Bytes(1<<20)) {
+				return errors.New("bytes changed under a reader")
+			}
+			return nil
+		})
+	}()
+	<-holding
+	if err := s.Delete(ctx, root); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := <-viewErr; err != nil {
+		t.Fatal(err)
+	}
+	if files := pieceFiles(t, s); len(files) != 0 {
+		t.Fatalf("files after delete: %v", files)
+	}
+	if _, err := s.Get(ctx, links[1]); !ipld.IsNotFound(err) && !errors.Is(err, ErrNotFound) {
+		t.Fatalf("read after delete: %v", err)
+	}
+	if _, err := s.openPiece(p.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("reopening a deleted piece: %v", err)
+	}
+	s.mu.Lock()
+	_, mapped := s.mu.maps[p.ID]
+	_, open := s.mu.files[p.ID]
+	s.mu.Unlock()
+	if mapped || open {
+		t.Fatal("the deleted piece is still cached")
+	}
+}
