@@ -66,7 +66,7 @@ type Store struct {
 		// deleted holds pieces whose delete began: readers that found a
 		// location just before it must not reopen (and cache) the file.
 		deleted map[uint64]bool
-		loose  *looseFile          // current loose-block file, nil until first Put
+		loose   *looseFile // current loose-block file, nil until first Put
 	}
 	// sealMu serialises the final check-and-index step of Seal so that two
 	// imports of the same root index only one piece.
