@@ -121,6 +121,9 @@ func (w *PieceWriter) add(c cid.Cid, data []byte, links []cid.Cid, known bool) e
 	if _, dup := w.seen[key]; dup {
 		return nil
 	}
+	if len(w.entries) >= w.s.cfg.MaxPieceBlocks {
+		return w.fail(fmt.Errorf("%w: more than %d blocks in one DAG", ErrTooLarge, w.s.cfg.MaxPieceBlocks))
+	}
 	if uint64(len(data)) > maxBlockSize {
 		return w.fail(fmt.Errorf("storage: block %s is %d bytes, more than the %d-byte limit", c, len(data), maxBlockSize))
 	}

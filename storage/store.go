@@ -27,6 +27,7 @@ var (
 	ErrBlockInPiece = errors.New("storage: block belongs to a stored DAG; delete the DAG instead")
 	ErrIncomplete   = errors.New("storage: DAG is incomplete")
 	ErrClosed       = errors.New("storage: store is closed")
+	ErrTooLarge     = errors.New("storage: piece too large")
 	ErrWeakCID      = errors.New("storage: CID's hash is not accepted (weak function or truncated digest)")
 )
 
@@ -38,6 +39,10 @@ type Config struct {
 	NoSync bool
 	// Logger receives recovery and maintenance messages; nil discards them.
 	Logger *slog.Logger
+	// MaxPieceBlocks bounds the blocks of one piece, and so the memory a
+	// piece writer needs (≈150 bytes a block) for a hostile CAR of tiny
+	// blocks. Default 4,194,304 (16 GiB of 4 KiB blocks).
+	MaxPieceBlocks int
 }
 
 func (c *Config) validate() error {
@@ -46,6 +51,9 @@ func (c *Config) validate() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.MaxPieceBlocks <= 0 {
+		c.MaxPieceBlocks = 1 << 22
 	}
 	return nil
 }

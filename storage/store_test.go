@@ -674,3 +674,26 @@ func TestDeleteWhileReading(t *testing.T) {
 		t.Fatal("the deleted piece is still cached")
 	}
 }
+
+func TestPieceBlockLimit(t *testing.T) {
+	s, err := Open(Config{Dir: t.TempDir(), MaxPieceBlocks: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	w, err := s.NewPieceWriter(36)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Abort()
+	var last error
+	for i := 0; i < 11; i++ {
+		data := []byte{byte(i), 1, 2, 3}
+		c, _ := cid.V1Builder{Codec: cid.Raw, MhType: mh.SHA2_256}.Sum(data)
+		b, _ := blocks.NewBlockWithCid(data, c)
+		last = w.AddBlock(b)
+	}
+	if !errors.Is(last, ErrTooLarge) {
+		t.Fatalf("11th block of a 10-block limit: %v", last)
+	}
+}
