@@ -248,3 +248,40 @@ func listTree(t *testing.T, root string) []string {
 	}
 	return out
 }
+
+// A get that fails part-way (a block missing) leaves nothing behind, so a
+// retry can write to the same path.
+func TestGetFailureLeavesNothing(t *testing.T) {
+	ctx := context.Background()
+	trees := materialise(t, t.TempDir())
+	s, err := storage.Open(storage.Config{Dir: t.TempDir(), NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	p, _ := ProfileByName("")
+	w, _ := s.NewPieceWriter(p.RootLen())
+	n, err := ImportPath(ctx, w, trees["nested"], p, ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	piece, err := w.Seal(ctx, n.Cid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Damage a file's data in the middle of the piece (the directory nodes,
+	// last in the piece, stay intact, so get starts writing the tree).
+	f, err := os.OpenFile(filepath.Join(s.Dir(), "pieces", fmt.Sprintf("%016x.car", piece.ID)), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt(bytes.Repeat([]byte{0xAA}, 64<<10), int64(piece.Size)/2)
+	f.Close()
+	out := filepath.Join(t.TempDir(), "out")
+	if err := Get(ctx, s, n.Cid(), out); err == nil {
+		t.Fatal("get of a damaged DAG succeeded")
+	}
+	if _, err := os.Lstat(out); !os.IsNotExist(err) {
+		t.Fatalf("a failed get left %s behind (%v)", out, err)
+	}
+}

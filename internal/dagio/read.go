@@ -292,7 +292,11 @@ func Get(ctx context.Context, bs blockstore.Blockstore, root cid.Cid, path strin
 	if _, err := os.Lstat(path); err == nil {
 		return fmt.Errorf("dagio: %s already exists", path)
 	}
-	return getAny(ctx, bs, dagService(bs), root, path)
+	if err := getAny(ctx, bs, dagService(bs), root, path); err != nil {
+		os.RemoveAll(path) // nothing half-written is left behind; path did not exist
+		return err
+	}
+	return nil
 }
 
 func getAny(ctx context.Context, bs blockstore.Blockstore, dsvc ipld.DAGService, c cid.Cid, path string) error {
