@@ -441,6 +441,11 @@ func (a *adminAPI) AddReplica(ctx context.Context, req *ledgerv1.AddReplicaReque
 	case req.GetAddress() == "":
 		return nil, status.Error(codes.InvalidArgument, "ledger: address is empty; give the new replica's host:port")
 	}
+	if _, removed, err := (reader{a.n.db}).Get(removedKey(id)); err != nil {
+		return nil, grpcError(err)
+	} else if removed {
+		return nil, status.Errorf(codes.FailedPrecondition, "ledger: raft ID %d was removed from this cluster and cannot be used again (a new replica replaying the log would apply its removal); pick an unused ID", id)
+	}
 	for _, m := range a.n.members() {
 		if m.GetRaftId() == id && m.GetPeerId() != pid.String() {
 			return nil, status.Errorf(codes.FailedPrecondition, "ledger: raft ID %d already belongs to %s; remove it first or pick another ID", id, m.GetPeerId())

@@ -123,6 +123,9 @@ func (a *applier) applyOne(e consensus.Entry) (any, error) {
 				if err := b.Delete(memberKey(c.GetRemove()), nil); err != nil {
 					return nil, err
 				}
+				if err := b.Set(removedKey(c.GetRemove()), []byte{1}, nil); err != nil {
+					return nil, err
+				}
 			}
 			memberChg = true
 		default:

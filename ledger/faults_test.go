@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/anishathalye/porcupine"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/quarrynet/quarry/consensus"
 	"github.com/quarrynet/quarry/internal/identity"
@@ -145,6 +147,12 @@ func TestJoinAndRemove(t *testing.T) {
 	}
 	if err := c.stop(4); err != nil && !errors.Is(err, consensus.ErrRemoved) {
 		t.Fatal(err)
+	}
+	// A removed raft ID cannot come back: a fresh replica under that ID
+	// would replay its old removal from the log and stop.
+	_, err = c.adminAPI(1).AddReplica(ctx, &ledgerv1.AddReplicaRequest{RaftId: 3, PeerId: c.reps[3].key.PeerID().String(), Address: "127.0.0.1:1"})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "cannot be used again") {
+		t.Fatalf("re-adding removed raft ID 3: %v", err)
 	}
 	c.agree()
 	for _, r := range c.running() {

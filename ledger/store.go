@@ -20,15 +20,21 @@ var (
 	keyApplied   = []byte("l/applied")
 	keyGenesis   = []byte("l/genesis")
 	prefixMember = []byte("l/member/")
+	// prefixRemoved marks raft IDs removed from the cluster: an ID is never
+	// reused, because a replica joining later replays the log from its start
+	// and would apply the old removal of its own ID.
+	prefixRemoved = []byte("l/removed/")
 )
 
 // snapshotPrefixes are the key ranges a state snapshot carries: market's
 // whole key space and the replicated membership. Not the raft log, not the
 // applied index (Restore sets it), not the genesis (every replica of a
 // chain has the same one and checks it at New).
-var snapshotPrefixes = [][]byte{[]byte("b/"), []byte("m/"), []byte("s/"), []byte("x/"), prefixMember}
+var snapshotPrefixes = [][]byte{[]byte("b/"), []byte("m/"), []byte("s/"), []byte("x/"), prefixMember, prefixRemoved}
 
 func memberKey(id uint64) []byte { return binary.BigEndian.AppendUint64(bytes.Clone(prefixMember), id) }
+
+func removedKey(id uint64) []byte { return binary.BigEndian.AppendUint64(bytes.Clone(prefixRemoved), id) }
 
 func prefixEnd(p []byte) []byte {
 	end := bytes.Clone(p)
