@@ -34,7 +34,9 @@ var snapshotPrefixes = [][]byte{[]byte("b/"), []byte("m/"), []byte("s/"), []byte
 
 func memberKey(id uint64) []byte { return binary.BigEndian.AppendUint64(bytes.Clone(prefixMember), id) }
 
-func removedKey(id uint64) []byte { return binary.BigEndian.AppendUint64(bytes.Clone(prefixRemoved), id) }
+func removedKey(id uint64) []byte {
+	return binary.BigEndian.AppendUint64(bytes.Clone(prefixRemoved), id)
+}
 
 func prefixEnd(p []byte) []byte {
 	end := bytes.Clone(p)
