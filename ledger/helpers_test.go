@@ -21,6 +21,7 @@ import (
 	"github.com/quarrynet/quarry/consensus"
 	"github.com/quarrynet/quarry/internal/daemon"
 	"github.com/quarrynet/quarry/internal/identity"
+	"github.com/quarrynet/quarry/internal/poll"
 	"github.com/quarrynet/quarry/internal/peertls"
 	"github.com/quarrynet/quarry/market"
 	ledgerv1 "github.com/quarrynet/quarry/proto/quarry/ledger/v1"
@@ -272,12 +273,8 @@ func (c *cluster) leader() uint64 {
 
 func (c *cluster) eventually(d time.Duration, what string, cond func() bool) {
 	c.t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			c.t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval, not a wait for a condition
+	if !poll.Until(d, cond) {
+		c.t.Fatalf("timed out after %v waiting for %s", d, what)
 	}
 }
 
