@@ -21,8 +21,8 @@ import (
 	"github.com/quarrynet/quarry/consensus"
 	"github.com/quarrynet/quarry/internal/daemon"
 	"github.com/quarrynet/quarry/internal/identity"
-	"github.com/quarrynet/quarry/internal/poll"
 	"github.com/quarrynet/quarry/internal/peertls"
+	"github.com/quarrynet/quarry/internal/poll"
 	"github.com/quarrynet/quarry/market"
 	ledgerv1 "github.com/quarrynet/quarry/proto/quarry/ledger/v1"
 )
