@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
@@ -16,12 +15,12 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/quarrynet/quarry/internal/daemon"
 	"github.com/quarrynet/quarry/internal/identity"
 	"github.com/quarrynet/quarry/internal/peertls"
 	"github.com/quarrynet/quarry/internal/poll"
+	"github.com/quarrynet/quarry/ledger"
 	"github.com/quarrynet/quarry/market"
 	ledgerv1 "github.com/quarrynet/quarry/proto/quarry/ledger/v1"
 )
@@ -88,8 +87,7 @@ func startProcCluster(t *testing.T, chainID string) *procCluster {
 	}
 	c.dev = d
 	c.genPath = filepath.Join(c.base, "genesis.json")
-	gb, _ := protojson.Marshal(d.Genesis)
-	if err := os.WriteFile(c.genPath, gb, 0o644); err != nil {
+	if err := ledger.WriteGenesisFile(c.genPath, d.Genesis); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 3 {

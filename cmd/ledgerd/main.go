@@ -24,14 +24,13 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/quarrynet/quarry/consensus"
+	"github.com/quarrynet/quarry/internal/atomicfile"
 	"github.com/quarrynet/quarry/internal/daemon"
 	"github.com/quarrynet/quarry/internal/identity"
 	"github.com/quarrynet/quarry/internal/peertls"
 	"github.com/quarrynet/quarry/ledger"
-	"github.com/quarrynet/quarry/market"
 	ledgerv1 "github.com/quarrynet/quarry/proto/quarry/ledger/v1"
 )
 
@@ -93,7 +92,7 @@ func newInitCmd(stdout io.Writer) *cobra.Command {
 			if _, err := os.Stat(filepath.Join(dir, "ledgerd.json")); err == nil {
 				return fmt.Errorf("%s is already initialised", dir)
 			}
-			gen, err := readGenesis(genesisPath)
+			gen, err := ledger.ReadGenesisFile(genesisPath)
 			if err != nil {
 				return err
 			}
@@ -125,15 +124,11 @@ func newInitCmd(stdout io.Writer) *cobra.Command {
 			if err := identity.Save(filepath.Join(dir, "replica.key"), key); err != nil {
 				return err
 			}
-			b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(gen)
-			if err != nil {
-				return err
-			}
-			if err := writeFileAtomic(filepath.Join(dir, "genesis.json"), append(b, '\n')); err != nil {
+			if err := ledger.WriteGenesisFile(filepath.Join(dir, "genesis.json"), gen); err != nil {
 				return err
 			}
 			cb, _ := json.MarshalIndent(replicaConfig{RaftID: raftID, GRPCAddr: grpcAddr, HTTPAddr: httpAddr, Join: join}, "", "  ")
-			if err := writeFileAtomic(filepath.Join(dir, "ledgerd.json"), append(cb, '\n')); err != nil {
+			if err := atomicfile.WriteBytes(filepath.Join(dir, "ledgerd.json"), append(cb, '\n')); err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "initialised replica %d (%s) of chain %s in %s\n", raftID, key.PeerID(), gen.GetChainId(), dir)
@@ -150,46 +145,6 @@ func newInitCmd(stdout io.Writer) *cobra.Command {
 	return withEnv(cmd)
 }
 
-// writeFileAtomic writes through a synced temp file renamed into place, so
-// a crash leaves the old file or the new one, never half of one.
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	if _, err := tmp.Write(data); err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp.Name(), 0o644)
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-	}
-	return err
-}
-
-func readGenesis(path string) (*ledgerv1.Genesis, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var gen ledgerv1.Genesis
-	if err := protojson.Unmarshal(b, &gen); err != nil {
-		return nil, fmt.Errorf("genesis %s: %v", path, err)
-	}
-	if _, err := market.ValidateGenesis(&gen); err != nil {
-		return nil, fmt.Errorf("genesis %s: %w", path, err)
-	}
-	return &gen, nil
-}
-
 // loadReplica reads what init wrote.
 func loadReplica(dir string) (replicaConfig, *ledgerv1.Genesis, *identity.Key, error) {
 	var rc replicaConfig
@@ -200,7 +155,7 @@ func loadReplica(dir string) (replicaConfig, *ledgerv1.Genesis, *identity.Key, e
 	if err := json.Unmarshal(b, &rc); err != nil {
 		return rc, nil, nil, fmt.Errorf("%s/ledgerd.json: %v", dir, err)
 	}
-	gen, err := readGenesis(filepath.Join(dir, "genesis.json"))
+	gen, err := ledger.ReadGenesisFile(filepath.Join(dir, "genesis.json"))
 	if err != nil {
 		return rc, nil, nil, err
 	}

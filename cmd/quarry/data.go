@@ -12,6 +12,7 @@ import (
 	carv2 "github.com/ipld/go-car/v2"
 	"github.com/spf13/cobra"
 
+	"github.com/quarrynet/quarry/internal/atomicfile"
 	"github.com/quarrynet/quarry/internal/dagio"
 	"github.com/quarrynet/quarry/storage"
 )
@@ -68,7 +69,7 @@ The root CID is printed last; -Q prints only the root CID.`,
 			}
 			_ = bar.Finish()
 			if carOut != "" {
-				if err := createAtomic(carOut, func(f io.Writer) error {
+				if err := atomicfile.Write(carOut, func(f io.Writer) error {
 					_, err := s.Export(cmd.Context(), root.Cid(), f)
 					return err
 				}); err != nil {
@@ -175,7 +176,7 @@ func newExportCmd(g *globals) *cobra.Command {
 				if out == "" || out == "-" {
 					_, err = s.Export(cmd.Context(), c, g.stdout)
 				} else {
-					err = createAtomic(out, func(w io.Writer) error {
+					err = atomicfile.Write(out, func(w io.Writer) error {
 						_, err := s.Export(cmd.Context(), c, w)
 						return err
 					})

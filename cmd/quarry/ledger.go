@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,11 +15,11 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/quarrynet/quarry/internal/daemon"
 	"github.com/quarrynet/quarry/internal/identity"
 	"github.com/quarrynet/quarry/internal/peertls"
+	"github.com/quarrynet/quarry/ledger"
 	"github.com/quarrynet/quarry/market"
 	ledgerv1 "github.com/quarrynet/quarry/proto/quarry/ledger/v1"
 )
@@ -49,31 +48,13 @@ func (lf *ledgerFlags) path(g *globals) (string, error) {
 	return filepath.Join(repo, "genesis.json"), nil
 }
 
-// readGenesis parses a genesis file written by `quarry genesis new`.
+// readGenesis reads the genesis file the CLI was pointed at.
 func readGenesis(path string) (*ledgerv1.Genesis, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
+	gen, err := ledger.ReadGenesisFile(path)
+	if err != nil && os.IsNotExist(err) {
 		return nil, fmt.Errorf("read genesis: %w (create one with `quarry genesis new`, or pass --genesis)", err)
 	}
-	var gen ledgerv1.Genesis
-	if err := protojson.Unmarshal(b, &gen); err != nil {
-		return nil, fmt.Errorf("genesis %s is not valid: %v", path, err)
-	}
-	if _, err := market.ValidateGenesis(&gen); err != nil {
-		return nil, fmt.Errorf("genesis %s: %w", path, err)
-	}
-	return &gen, nil
-}
-
-func writeGenesis(path string, gen *ledgerv1.Genesis) error {
-	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(gen)
-	if err != nil {
-		return err
-	}
-	return createAtomic(path, func(w io.Writer) error {
-		_, err := w.Write(append(b, '\n'))
-		return err
-	})
+	return gen, err
 }
 
 // selfKey loads the repo's own key, or nil if it has none.
@@ -216,7 +197,7 @@ the repo's own key (quarry key new) is funded too. The genesis time is now.`,
 				}
 			}
 			path := filepath.Join(out, "genesis.json")
-			if err := writeGenesis(path, d.Genesis); err != nil {
+			if err := ledger.WriteGenesisFile(path, d.Genesis); err != nil {
 				return err
 			}
 			fmt.Fprintf(g.stdout, "chain %s: %d replicas, %d funded accounts\n", d.Genesis.GetChainId(), len(d.Replicas), len(d.Genesis.GetBalances()))

@@ -54,7 +54,7 @@ func startLedger(t *testing.T) (repo string, other *identity.Key) {
 	if err := identity.Save(filepath.Join(repo, "keys", "self.key"), d.Accounts[0]); err != nil {
 		t.Fatal(err)
 	}
-	if err := writeGenesis(filepath.Join(repo, "genesis.json"), d.Genesis); err != nil {
+	if err := ledger.WriteGenesisFile(filepath.Join(repo, "genesis.json"), d.Genesis); err != nil {
 		t.Fatal(err)
 	}
 	return repo, d.Accounts[1]
