@@ -102,7 +102,9 @@
 //				"/quarry.ledger.v1.RaftService/":   {"replica"},
 //				"/quarry.ledger.v1.AdminService/":  {"admin"},
 //			}
-//			cfg.Resolve = membership.Role // peer ID → "replica", "admin" or ""
+//			// peer ID → "replica", "admin" (a replica, or one of the
+//			// operator keys --admin named: flags.Admins) or ""
+//			cfg.Resolve = membership.Role
 //			srv, err := daemon.New(cfg)
 //			if err != nil {
 //				return err
@@ -125,6 +127,10 @@
 //		daemon.BindEnv(cmd.Flags()) // after every flag: --x ⇔ QUARRY_X
 //		return cmd
 //	}
+//
+// Flags holds what every daemon takes: --grpc-addr, --http-addr,
+// --log-format, --log-level, --call-timeout, --drain-timeout,
+// --max-msg-size and --admin (operator peer IDs for the admin role).
 //
 // Settings come from flags, then QUARRY_<FLAG_NAME> environment variables,
 // then defaults (BindEnv, LoadEnv); a bad value fails with a *FlagError that

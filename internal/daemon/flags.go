@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/spf13/pflag"
 )
 
@@ -111,6 +112,12 @@ type Flags struct {
 	CallTimeout  time.Duration // --call-timeout: Deadlines.Unary
 	DrainTimeout time.Duration // --drain-timeout
 	MaxMsgSize   int           // --max-msg-size, bytes, both directions
+	// Admins are the peer IDs --admin names (repeatable, or a comma list;
+	// QUARRY_ADMIN takes the comma list): keys an operator holds, which
+	// the daemon gives its admin role. Config parses them.
+	Admins []peer.ID
+
+	admins []string // --admin as given
 }
 
 // Register defines the flags on fs, with f's values as defaults.
@@ -128,6 +135,11 @@ func (f *Flags) Register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.CallTimeout, "call-timeout", orDuration(f.CallTimeout, DefaultCallTimeout), "longest a unary gRPC call may run (the deadline of calls that set none)")
 	fs.DurationVar(&f.DrainTimeout, "drain-timeout", orDuration(f.DrainTimeout, DefaultDrainTimeout), "on shutdown, how long in-flight calls may finish before they are cancelled")
 	fs.IntVar(&f.MaxMsgSize, "max-msg-size", orInt(f.MaxMsgSize, DefaultMaxMsgSize), "largest gRPC message accepted or sent, in bytes")
+	f.admins = nil
+	for _, id := range f.Admins {
+		f.admins = append(f.admins, id.String())
+	}
+	fs.StringSliceVar(&f.admins, "admin", f.admins, "peer ID of an operator key given the admin role (repeatable, or comma-separated)")
 }
 
 func orDuration(v, d time.Duration) time.Duration {
@@ -146,7 +158,8 @@ func orInt(v, d int) int {
 
 // Config checks the flag values (errors are *FlagError, naming the flag and
 // its environment variable) and returns the Config fields they decide, with
-// a logger writing to w. The daemon adds Name, Key, Roles and Resolve.
+// a logger writing to w. The daemon adds Name, Key, Roles and Resolve; it
+// reads f.Admins (parsed here) into its role resolver.
 func (f *Flags) Config(fs *pflag.FlagSet, w io.Writer) (Config, error) {
 	bad := func(name string, err error) (Config, error) { return Config{}, InvalidFlag(fs, name, err) }
 	if err := validAddr(f.GRPCAddr); err != nil {
@@ -174,6 +187,15 @@ func (f *Flags) Config(fs *pflag.FlagSet, w io.Writer) (Config, error) {
 	if f.MaxMsgSize <= 0 {
 		return bad("max-msg-size", errors.New("must be positive"))
 	}
+	admins := make([]peer.ID, 0, len(f.admins))
+	for _, s := range f.admins {
+		id, err := peer.Decode(strings.TrimSpace(s))
+		if err != nil {
+			return bad("admin", fmt.Errorf("%q is not a peer ID: %v", s, err))
+		}
+		admins = append(admins, id)
+	}
+	f.Admins = admins
 	return Config{
 		GRPCAddr:       f.GRPCAddr,
 		HTTPAddr:       f.HTTPAddr,

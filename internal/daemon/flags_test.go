@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/quarrynet/quarry/internal/daemon"
+	"github.com/quarrynet/quarry/internal/identity"
 )
 
 // parse defines a daemon's flags (the shared ones with its own default
@@ -70,6 +71,48 @@ func TestEnvPrecedence(t *testing.T) {
 	}
 }
 
+// TestAdmins: --admin is repeatable and takes comma lists, QUARRY_ADMIN
+// takes a comma list, and the command line replaces the environment's list
+// rather than adding to it.
+func TestAdmins(t *testing.T) {
+	var ids []string
+	for range 3 {
+		k, err := identity.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, k.PeerID().String())
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		want []string
+	}{
+		{"none", nil, nil, nil},
+		{"env list", nil, map[string]string{"QUARRY_ADMIN": ids[0] + "," + ids[1]}, ids[:2]},
+		{"repeated flag", []string{"--admin", ids[0], "--admin", ids[2]}, nil, []string{ids[0], ids[2]}},
+		{"flag list beats env", []string{"--admin=" + ids[1] + "," + ids[2]}, map[string]string{"QUARRY_ADMIN": ids[0]}, ids[1:]},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, fs, _, err := parse(t, tc.args, tc.env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.Config(fs, io.Discard); err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, id := range f.Admins {
+				got = append(got, id.String())
+			}
+			if strings.Join(got, ",") != strings.Join(tc.want, ",") {
+				t.Fatalf("Admins = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
 func TestFlagErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -89,6 +132,8 @@ func TestFlagErrors(t *testing.T) {
 			[]string{"--call-timeout", "QUARRY_CALL_TIMEOUT", "must be positive"}},
 		{"non-positive size", nil, map[string]string{"QUARRY_MAX_MSG_SIZE": "-1"},
 			[]string{"QUARRY_MAX_MSG_SIZE", "--max-msg-size", "must be positive"}},
+		{"bad admin", nil, map[string]string{"QUARRY_ADMIN": "alice"},
+			[]string{`invalid QUARRY_ADMIN="[alice]"`, "--admin", `"alice" is not a peer ID`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f, fs, _, err := parse(t, tc.args, tc.env)
