@@ -16,7 +16,7 @@ import (
 const benchSize = 256 << 20
 
 // benchFile writes the deterministic benchmark file once per process.
-func benchFile(b *testing.B) string {
+func benchFile(b testing.TB) string {
 	b.Helper()
 	path := filepath.Join(os.TempDir(), "quarry-storage-bench-256MiB.bin")
 	if fi, err := os.Stat(path); err == nil && fi.Size() == benchSize {
@@ -33,8 +33,11 @@ func benchFile(b *testing.B) string {
 	return path
 }
 
-func benchImport(b *testing.B, s *Store, path string) cid.Cid {
-	p, _ := dagio.ProfileByName("")
+func benchImport(b testing.TB, s *Store, path, profile string) cid.Cid {
+	p, err := dagio.ProfileByName(profile)
+	if err != nil {
+		b.Fatal(err)
+	}
 	w, err := s.NewPieceWriter(p.RootLen())
 	if err != nil {
 		b.Fatal(err)
@@ -60,26 +63,32 @@ func BenchmarkImportDurable(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.StartTimer()
-		benchImport(b, s, path)
+		benchImport(b, s, path, "")
 		b.StopTimer()
 		s.Close()
 		b.StartTimer()
 	}
 }
 
+// BenchmarkCat: verified read of a whole file, per profile (block size
+// 256 KiB for kubo-v1, 1 MiB for unixfs-v1-2025).
 func BenchmarkCat(b *testing.B) {
-	s, err := Open(Config{Dir: b.TempDir()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
-	root := benchImport(b, s, benchFile(b))
-	b.SetBytes(benchSize)
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if _, err := dagio.Cat(context.Background(), s, root, io.Discard); err != nil {
-			b.Fatal(err)
-		}
+	for _, profile := range []string{"kubo-v1", "unixfs-v1-2025"} {
+		b.Run(profile, func(b *testing.B) {
+			s, err := Open(Config{Dir: b.TempDir()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			root := benchImport(b, s, benchFile(b), profile)
+			b.SetBytes(benchSize)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := dagio.Cat(context.Background(), s, root, io.Discard); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
@@ -89,7 +98,7 @@ func BenchmarkExport(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer s.Close()
-	root := benchImport(b, s, benchFile(b))
+	root := benchImport(b, s, benchFile(b), "")
 	b.SetBytes(benchSize)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

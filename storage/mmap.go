@@ -99,47 +99,70 @@ func (s *Store) dropMapLocked(id uint64) {
 // (boxo's blockstore.Viewer). The bytes are valid only during fn and must
 // not be modified; for sealed pieces they are the mapped file itself.
 func (s *Store) View(ctx context.Context, c cid.Cid, fn func([]byte) error) error {
-	if data, ok := identityData(c); ok {
-		return fn(data)
-	}
-	locs, err := s.locate(c.Hash(), 0)
+	data, release, err := s.Borrow(ctx, c)
 	if err != nil {
 		return err
 	}
+	defer release()
+	return fn(data)
+}
+
+// Borrow returns the block's bytes, checked against c, and a function that
+// gives them back. Until release is called the bytes stay valid (for sealed
+// pieces they are the mapped file itself, pinned by a reference); they must
+// not be modified. Unlike View, the caller may hand the bytes to another
+// goroutine and release them there, so a reader can verify blocks ahead of
+// its writer without copying them. release must be called exactly once.
+func (s *Store) Borrow(ctx context.Context, c cid.Cid) (data []byte, release func(), err error) {
+	if data, ok := identityData(c); ok {
+		return data, func() {}, nil
+	}
+	locs, err := s.locate(c.Hash(), 0)
+	if err != nil {
+		return nil, nil, err
+	}
 	if len(locs) == 0 {
-		return ipld.ErrNotFound{Cid: c}
+		return nil, nil, ipld.ErrNotFound{Cid: c}
 	}
 	var firstErr error
 	for _, loc := range locs {
-		m, err := s.acquireMap(loc.piece)
-		if err == nil && m != nil && loc.offset+uint64(loc.length) <= uint64(len(m.data)) {
-			data := m.data[loc.offset : loc.offset+uint64(loc.length) : loc.offset+uint64(loc.length)]
-			if loc.length >= 64<<10 {
-				willNeed(m.data, loc.offset, uint64(loc.length))
-			}
-			if err = verify(c, data); err == nil {
-				err = fn(data)
-				s.releaseMap(m)
-				return err
-			}
-		} else if err == nil {
-			if m != nil {
-				s.releaseMap(m)
-				m = nil
-			}
-			var data []byte
-			if data, err = s.readVerified(c, loc, nil); err == nil {
-				return fn(data)
-			}
-		}
-		if m != nil {
-			s.releaseMap(m)
+		if data, release, err = s.borrowAt(c, loc); err == nil {
+			return data, release, nil
 		}
 		if firstErr == nil {
 			firstErr = err
 		}
 	}
-	return firstErr
+	return nil, nil, firstErr
+}
+
+// borrowAt is Borrow for one location: through the piece's mapping when it
+// has one, else read into a fresh buffer.
+func (s *Store) borrowAt(c cid.Cid, loc location) ([]byte, func(), error) {
+	m, err := s.acquireMap(loc.piece)
+	if err != nil {
+		return nil, nil, err
+	}
+	end := loc.offset + uint64(loc.length)
+	if m == nil || end > uint64(len(m.data)) {
+		if m != nil {
+			s.releaseMap(m)
+		}
+		data, err := s.readVerified(c, loc, nil)
+		if err != nil {
+			return nil, nil, err
+		}
+		return data, func() {}, nil
+	}
+	data := m.data[loc.offset:end:end]
+	if loc.length >= 64<<10 {
+		willNeed(m.data, loc.offset, uint64(loc.length))
+	}
+	if err := verify(c, data); err != nil {
+		s.releaseMap(m)
+		return nil, nil, err
+	}
+	return data, func() { s.releaseMap(m) }, nil
 }
 
 // willNeed asks the kernel to start reading bytes [off, off+n) of a mapping

@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"github.com/ipfs/boxo/blockservice"
 	"github.com/ipfs/boxo/blockstore"
@@ -33,10 +32,11 @@ type BufferedBlockReader interface {
 	ReadBlock(ctx context.Context, c cid.Cid, buf []byte) ([]byte, error)
 }
 
-// BlockViewer lends verified block bytes for the duration of a callback
-// (boxo's blockstore.Viewer; storage.Store maps sealed pieces for it).
-type BlockViewer interface {
-	View(ctx context.Context, c cid.Cid, fn func([]byte) error) error
+// BlockLender lends verified block bytes until release is called, from any
+// goroutine (storage.Store maps sealed pieces for it): Cat then verifies
+// blocks ahead of its writer without copying them.
+type BlockLender interface {
+	Borrow(ctx context.Context, c cid.Cid) (data []byte, release func(), err error)
 }
 
 // Errors from the read path.
@@ -57,43 +57,21 @@ func Cat(ctx context.Context, bg BlockGetter, root cid.Cid, w io.Writer) (int64,
 	jobs := make(chan *fetch, window)
 	defer close(jobs)
 	br, _ := bg.(BufferedBlockReader)
-	viewer, _ := bg.(BlockViewer)
+	lender, _ := bg.(BlockLender)
 	var pool sync.Pool
-	var pinned atomic.Int32
 	for range workers {
 		go func() {
 			for f := range jobs {
-				// Zero-copy: the worker holds the block (pinned by View)
-				// until the writer has written it. At most workers-1 pin at
-				// once, so one worker always keeps taking jobs: the block the
-				// writer waits for may be queued behind blocks that are
-				// further along in the file (after an inner node's expansion).
-				if viewer != nil && f.c.Type() == cid.Raw && pinned.Add(1) < int32(workers) {
-					f.consumed = make(chan struct{})
-					called := false
-					err := viewer.View(ctx, f.c, func(data []byte) error {
-						called = true
-						f.data = data
-						close(f.done)
-						<-f.consumed
-						return nil
-					})
-					pinned.Add(-1)
-					if !called {
-						f.err = err
-						close(f.done)
-					}
-					continue
-				} else if viewer != nil && f.c.Type() == cid.Raw {
-					pinned.Add(-1)
-				}
-				if br != nil {
+				switch {
+				case lender != nil:
+					f.data, f.giveBack, f.err = lender.Borrow(ctx, f.c)
+				case br != nil:
 					var buf []byte
 					if p, ok := pool.Get().(*[]byte); ok {
 						buf = *p
 					}
 					f.data, f.err = br.ReadBlock(ctx, f.c, buf)
-				} else {
+				default:
 					var blk blocks.Block
 					if blk, f.err = bg.Get(ctx, f.c); f.err == nil {
 						f.data = blk.RawData()
@@ -148,7 +126,7 @@ func Cat(ctx context.Context, bg BlockGetter, root cid.Cid, w io.Writer) (int64,
 				return written, err
 			}
 		}
-		if f.consumed != nil {
+		if f.giveBack != nil {
 			f.release()
 		} else if br != nil {
 			// The bytes are written (or copied out as inline data of an
@@ -172,22 +150,21 @@ func Cat(ctx context.Context, bg BlockGetter, root cid.Cid, w io.Writer) (int64,
 type fetch struct {
 	c        cid.Cid
 	data     []byte
-	consumed chan struct{} // closed by the writer to unpin a viewed block
-	released bool
+	giveBack func() // returns borrowed bytes; set by the worker before done
 	err      error
 	done     chan struct{}
 }
 
-// release unpins a viewed block (once). Only the writer goroutine calls it;
-// the worker sets consumed before it closes done.
+// release gives borrowed bytes back (once). Only the writer goroutine calls
+// it; for a fetch still with a worker it waits for the worker to finish.
 func (f *fetch) release() {
-	if f.done == nil || f.released {
+	if f.done == nil {
 		return
 	}
 	<-f.done
-	if f.consumed != nil {
-		f.released = true
-		close(f.consumed)
+	if f.giveBack != nil {
+		f.giveBack()
+		f.giveBack = nil
 	}
 }
 

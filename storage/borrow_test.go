@@ -1,0 +1,122 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"testing"
+
+	"github.com/ipfs/go-cid"
+
+	"github.com/quarrynet/quarry/internal/keystream"
+)
+
+// mapRefs is how many readers pin the mapping of piece id (-1: not mapped).
+func mapRefs(s *Store, id uint64) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m, ok := s.mu.maps[id]
+	if !ok || m == nil {
+		return -1
+	}
+	return m.refs
+}
+
+// Borrowed bytes may be released on another goroutine and stay valid until
+// then, even across a Delete of their DAG; the mapping goes once the last
+// borrower gives it back.
+func TestBorrowOutlivesDelete(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	ctx := context.Background()
+	p := addFile(t, s, 0, 3<<20, "unixfs-v1-2025")
+	root := mustCID(t, p)
+	blk, err := s.Get(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	links, _ := Links(root, blk.RawData())
+	var releases []func()
+	for _, c := range links {
+		if data := keep(t, s, c, &releases); len(data) != 1<<20 {
+			t.Fatalf("borrowed %d bytes, want %d", len(data), 1<<20)
+		}
+	}
+	if got := mapRefs(s, p.ID); got != len(releases) {
+		t.Fatalf("mapping pinned %d times, want %d", got, len(links))
+	}
+	first := keep(t, s, links[0], &releases) // read again below, after the delete
+	s.mu.Lock()
+	m := s.mu.maps[p.ID]
+	s.mu.Unlock()
+	if err := s.Delete(ctx, root); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(first, keystream.Bytes(1<<20)) {
+		t.Fatal("borrowed bytes changed when their DAG was deleted")
+	}
+	done := make(chan struct{})
+	go func() {
+		for _, r := range releases {
+			r()
+		}
+		close(done)
+	}()
+	<-done
+	s.mu.Lock()
+	unmapped := m.data == nil
+	s.mu.Unlock()
+	if !unmapped {
+		t.Fatal("the deleted piece stays mapped after its last borrower let go")
+	}
+	if _, _, err := s.Borrow(ctx, links[1]); err == nil {
+		t.Fatal("borrowed a block of a deleted DAG")
+	}
+}
+
+// A block that does not match its CID is an error from Borrow and pins
+// nothing.
+func TestBorrowCorruptBlock(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	ctx := context.Background()
+	p := addFile(t, s, 0, 2<<20, "unixfs-v1-2025")
+	root := mustCID(t, p)
+	blk, err := s.Get(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	links, _ := Links(root, blk.RawData())
+	loc, err := s.locate(links[0].Hash(), 1)
+	if err != nil || len(loc) != 1 {
+		t.Fatalf("locate: %v %v", loc, err)
+	}
+	f, err := os.OpenFile(s.pieceFile(p.ID, KindDAG), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{^keystream.Bytes(1)[0]}, int64(loc[0].offset)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, _, err := s.Borrow(ctx, links[0]); !errors.Is(err, ErrHashMismatch) {
+		t.Fatalf("borrow of a corrupted block: %v, want ErrHashMismatch", err)
+	}
+	if got := mapRefs(s, p.ID); got > 0 {
+		t.Fatalf("a failed borrow left the mapping pinned %d times", got)
+	}
+	data, release, err := s.Borrow(ctx, links[1])
+	if err != nil || len(data) != 1<<20 {
+		t.Fatalf("borrow of an intact block next to it: %d bytes, %v", len(data), err)
+	}
+	release()
+}
+
+func keep(t *testing.T, s *Store, c cid.Cid, releases *[]func()) []byte {
+	t.Helper()
+	data, release, err := s.Borrow(context.Background(), c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	*releases = append(*releases, release)
+	return data
+}
