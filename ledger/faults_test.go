@@ -19,6 +19,7 @@ import (
 	"github.com/quarrynet/quarry/consensus"
 	"github.com/quarrynet/quarry/internal/identity"
 	ledgerv1 "github.com/quarrynet/quarry/proto/quarry/ledger/v1"
+	raftv1 "github.com/quarrynet/quarry/proto/quarry/raft/v1"
 )
 
 // TestLeaderLossAndRestart stops the leader: a new one is elected and
@@ -114,6 +115,21 @@ func TestJoinAndRemove(t *testing.T) {
 		}
 	}
 
+	// Replica 2 moves: its new address is replicated (AddReplica with its
+	// own peer ID), then it restarts there.
+	moved := freeAddr(t)
+	if _, err := c.adminAPI(1).AddReplica(ctx, &ledgerv1.AddReplicaRequest{RaftId: 2, PeerId: c.reps[2].key.PeerID().String(), Address: moved}); err != nil {
+		t.Fatalf("AddReplica(2) with a new address: %v", err)
+	}
+	if err := c.stop(2); err != nil {
+		t.Fatal(err)
+	}
+	c.reps[2].addr = moved
+	c.start(2)
+	c.leader()
+	send(2, 0)
+	c.agree()
+
 	// Remove replica 3 while it runs.
 	if _, err := c.adminAPI(1).RemoveReplica(ctx, &ledgerv1.RemoveReplicaRequest{RaftId: 3}); err != nil {
 		t.Fatalf("RemoveReplica(3): %v", err)
@@ -155,11 +171,44 @@ func TestJoinAndRemove(t *testing.T) {
 		t.Fatalf("re-adding removed raft ID 3: %v", err)
 	}
 	c.agree()
-	for _, r := range c.running() {
-		if got := len(r.node.members()); got != 2 {
-			t.Fatalf("replica %d knows %d members, want 2", r.id, got)
+	checkMembers := func(when string) {
+		t.Helper()
+		for _, r := range c.running() {
+			ms := r.node.members()
+			if len(ms) != 2 || ms[0].GetRaftId() != 1 || ms[1].GetRaftId() != 2 {
+				t.Fatalf("%s: replica %d knows members %v, want 1 and 2", when, r.id, ms)
+			}
+			if ms[1].GetAddress() != moved {
+				t.Fatalf("%s: replica %d reaches replica 2 at %s, want its new address %s", when, r.id, ms[1].GetAddress(), moved)
+			}
 		}
 	}
+	checkMembers("after the removals")
+
+	// A restart must not resurrect the genesis membership: replica 1 comes
+	// back knowing 1 and 2 only, 2 at its new address, and refuses replica
+	// 3's peer ID on LedgerAdmin and on the Raft service.
+	if err := c.stop(1); err != nil {
+		t.Fatal(err)
+	}
+	c.start(1)
+	c.leader()
+	send(1, 1)
+	c.agree()
+	checkMembers("after replica 1 restarted")
+	st, err = c.api(1).Status(ctx, &ledgerv1.StatusRequest{})
+	if err != nil || len(st.GetReplicas()) != 2 {
+		t.Fatalf("Status after restart lists %v (%v), want replicas 1 and 2", st.GetReplicas(), err)
+	}
+	_, err = ledgerv1.NewLedgerAdminClient(c.dial(c.reps[1], c.reps[3].key)).AddReplica(ctx, &ledgerv1.AddReplicaRequest{})
+	wantCode(t, err, codes.PermissionDenied, "LedgerAdmin called by removed replica 3 after a restart")
+	rs, err := raftv1.NewRaftClient(c.dial(c.reps[1], c.reps[3].key)).Stream(ctx)
+	if err == nil {
+		if err = rs.Send(&raftv1.Envelope{From: 3, To: 1}); err == nil {
+			_, err = rs.Recv()
+		}
+	}
+	wantCode(t, err, codes.PermissionDenied, "raft stream from removed replica 3 after a restart")
 }
 
 // A porcupine model of balances of the test accounts under transfers

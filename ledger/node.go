@@ -58,9 +58,13 @@ type Config struct {
 	// Join marks a replica that is not a founder: it starts with no raft
 	// membership and waits to be added (AddReplica) and sent a snapshot.
 	Join bool
-	// Peers says where the other replicas are. Founders: Genesis.replicas
-	// (the default when empty). Joiners: the current members. The
-	// replicated membership takes over as soon as this replica has it.
+	// Peers says where the current members are, for a joiner: they are
+	// used only until this replica has applied its own addition (or a
+	// snapshot that lists it), and never for a raft ID the replicated
+	// membership records as removed. From then on the replicated membership
+	// is the only source, so a restart cannot bring back a removed replica
+	// or an old address. A founder is in the genesis membership from the
+	// start, so its Peers are ignored (they are still validated).
 	Peers []*ledgerv1.Replica
 	// Admins may call LedgerAdmin besides the replicas.
 	Admins []peer.ID
@@ -95,9 +99,6 @@ func (c *Config) withDefaults() Config {
 	}
 	if d.MempoolSize == 0 {
 		d.MempoolSize = DefaultMempoolSize
-	}
-	if len(d.Peers) == 0 && !d.Join && d.Genesis != nil {
-		d.Peers = d.Genesis.GetReplicas()
 	}
 	if d.CatchUpEntries == 0 && d.SnapshotEntries > 0 && d.SnapshotEntries/2 < 5000 {
 		d.CatchUpEntries = max(1, d.SnapshotEntries/2)
@@ -175,7 +176,7 @@ type Node struct {
 
 	mu struct {
 		sync.Mutex
-		members map[uint64]*ledgerv1.Replica // replicated, plus Config.Peers until replaced
+		members map[uint64]*ledgerv1.Replica // see loadMembership
 		conns   map[uint64]*peerConn
 	}
 }
@@ -246,12 +247,9 @@ func New(cfg Config) (_ *Node, err error) {
 			}
 		}
 	})
-	members, err := loadMembers(reader{n.db})
+	members, err := n.loadMembership()
 	if err != nil {
 		return nil, err
-	}
-	for _, p := range cfg.Peers {
-		members[p.GetRaftId()] = p
 	}
 	n.mu.members = members
 
@@ -433,7 +431,7 @@ func (n *Node) blockApplied(res *market.Result) {
 // reloadMembers makes the transport, role resolver and forwarding follow
 // the replicated membership (after a member entry or a snapshot).
 func (n *Node) reloadMembers() {
-	members, err := loadMembers(reader{n.db})
+	members, err := n.loadMembership()
 	if err != nil {
 		n.log.Error("cannot read membership", "err", err)
 		return
@@ -472,6 +470,32 @@ func (n *Node) reloadMembers() {
 		}
 	}
 	n.log.Info("membership", "replicas", len(members))
+}
+
+// loadMembership returns the replicas this replica talks to and admits:
+// the replicated membership (l/member/), which always wins. Only while this
+// replica is not in it yet (a joiner that has not applied its own addition:
+// its records are the genesis's, or older) do Config.Peers stand in for the
+// current members, except raft IDs recorded as removed.
+func (n *Node) loadMembership() (map[uint64]*ledgerv1.Replica, error) {
+	r := reader{n.db}
+	members, err := loadMembers(r)
+	if err != nil {
+		return nil, err
+	}
+	if _, self := members[n.cfg.RaftID]; self {
+		return members, nil
+	}
+	for _, p := range n.cfg.Peers {
+		_, removed, err := r.Get(removedKey(p.GetRaftId()))
+		if err != nil {
+			return nil, err
+		}
+		if !removed {
+			members[p.GetRaftId()] = p
+		}
+	}
+	return members, nil
 }
 
 func (n *Node) members() []*ledgerv1.Replica {
