@@ -161,7 +161,7 @@ func BenchmarkProve(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
 		seed[0], seed[1] = byte(i), byte(i>>8)
-		if _, err := s.Prove(seed, DefaultChallenges, src); err != nil {
+		if _, err := s.Prove(testSetID, seed, DefaultChallenges, src); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -177,7 +177,7 @@ func BenchmarkVerify(b *testing.B) {
 				s.Add(Commitment{Root: Hash{byte(i)}, Size: 0})
 			}
 			var seed [32]byte
-			p, err := s.Prove(seed, DefaultChallenges, src)
+			p, err := s.Prove(testSetID, seed, DefaultChallenges, src)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -185,7 +185,7 @@ func BenchmarkVerify(b *testing.B) {
 			root := s.Root()
 			b.ResetTimer()
 			for b.Loop() {
-				if err := VerifyEncoded(root, seed, DefaultChallenges, enc); err != nil {
+				if err := VerifyEncoded(root, testSetID, seed, DefaultChallenges, enc); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -41,7 +41,7 @@ func TestDetectionRate(t *testing.T) {
 		for p := range caught {
 			var seed [32]byte
 			seed[0], seed[1], seed[2], seed[31] = byte(p), byte(p>>8), byte(p>>16), byte(f*1000)
-			idx, err := Challenges(seed, k, s.TotalLeaves())
+			idx, err := Challenges(testSetID, seed, k, s.TotalLeaves())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -95,7 +95,7 @@ func TestDetectionEndToEnd(t *testing.T) {
 	rejected := 0
 	for i := 0; i < trials; i++ {
 		seed := seedOf(1000 + i)
-		p, err := f.set.Prove(seed, k, f.st)
+		p, err := f.set.Prove(testSetID, seed, k, f.st)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -106,7 +106,7 @@ func TestDetectionEndToEnd(t *testing.T) {
 				hit = true
 			}
 		}
-		err = Verify(root, seed, k, p)
+		err = Verify(root, testSetID, seed, k, p)
 		if (err != nil) != hit {
 			t.Fatalf("trial %d: hit lost data %v, verify %v", i, hit, err)
 		}

@@ -74,13 +74,16 @@
 //
 // # Challenges
 //
-// [Challenges] derives K global leaf indexes from the 32-byte seed the ledger
-// supplies: index j is SHA-256("quarry/proofs/v1/challenge" || seed ||
+// [Challenges] derives K global leaf indexes from the proof set's identifier
+// (the miner's peer ID) and the 32-byte seed the ledger supplies: index j is
+// SHA-256("quarry/proofs/v1/challenge" || uint8 len(id) || id || seed ||
 // uint64 j), read as a 128-bit integer x and mapped to floor(x·N / 2^128)
 // where N is the total number of data leaves. Indexes are independent and
 // uniform over all data leaves, so each piece is challenged in proportion to
 // its size, with bias below N/2^128, using only fixed-width integer
-// arithmetic — no maps, no floating point, the same on every platform.
+// arithmetic — no maps, no floating point, the same on every platform. The
+// identifier binds a proof to its prover: two miners holding the same pieces
+// are challenged on different leaves and cannot copy each other's proofs.
 //
 // # Proving and verifying
 //
@@ -92,8 +95,8 @@
 // tree. A [Proof] holds, per challenge, the leaf bytes, the piece path and the
 // set path up to the proof-set root.
 //
-// [Verify] takes the proof-set root, the seed, K and a proof, rederives the
-// challenges and checks each path: O(K·(log piece + log set)) hashes, with
+// [Verify] takes the proof-set root, the set's identifier, the seed, K and a
+// proof, rederives the challenges and checks each path: O(K·(log piece + log set)) hashes, with
 // every length and count checked before use, so hostile input can neither
 // panic it nor make it allocate. Proofs travel as canonical protobuf
 // (quarry.proofs.v1.Proof): [UnmarshalProof] bounds the input, rejects

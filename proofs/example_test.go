@@ -24,13 +24,14 @@ func Example() {
 		l, err := proofs.UnmarshalLayers(stored)
 		return bytes.NewReader(piece), l, err
 	})
-	var seed [32]byte // from the ledger
-	proof, _ := set.Prove(seed, proofs.DefaultChallenges, src)
+	miner := []byte("12D3KooWExampleMiner") // the prover's peer ID names its set
+	var seed [32]byte                       // from the ledger
+	proof, _ := set.Prove(miner, seed, proofs.DefaultChallenges, src)
 	enc, _ := proof.MarshalBinary()
 
 	// The ledger verifies against the root it holds.
-	fmt.Println(len(enc), proofs.VerifyEncoded(set.Root(), seed, proofs.DefaultChallenges, enc))
+	fmt.Println(len(enc), proofs.VerifyEncoded(set.Root(), miner, seed, proofs.DefaultChallenges, enc))
 	// Output:
 	// bafk5dagaaer2qcidhlb7dqqywpaa5ll3jazxptafgwqz6ueelub7ypt5nru5ogf6h3zq 7000 8192
-	// 18124 <nil>
+	// 18126 <nil>
 }

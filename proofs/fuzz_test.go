@@ -42,7 +42,7 @@ func FuzzVerify(f *testing.F) {
 	f.Add(enc[:len(enc)/2], uint8(2))
 	f.Add(enc, uint8(1))
 	f.Fuzz(func(t *testing.T, b []byte, k uint8) {
-		err := VerifyEncoded(root, seed, int(k), b)
+		err := VerifyEncoded(root, testSetID, seed, int(k), b)
 		if err == nil && (k != 2 || !bytes.Equal(b, enc)) {
 			t.Fatalf("accepted a proof that is not the honest one: k=%d %x", k, b)
 		}

@@ -94,23 +94,26 @@ func (f *fixture) check(t testing.TB, seed [32]byte, k int) *Proof {
 	if f.set.Root() != root || f.set.TotalLeaves() != total {
 		t.Fatalf("set root %v/%d, reference %v/%d", f.set.Root(), f.set.TotalLeaves(), root, total)
 	}
-	p, err := f.set.Prove(seed, k, f.st)
+	p, err := f.set.Prove(testSetID, seed, k, f.st)
 	if err != nil {
 		t.Fatal(err)
 	}
 	got, _ := p.MarshalBinary()
-	want, _ := f.ref.prove(seed, k).MarshalBinary()
+	want, _ := f.ref.prove(testSetID, seed, k).MarshalBinary()
 	if !bytes.Equal(got, want) {
 		t.Fatalf("proof differs from the reference prover's")
 	}
-	if err := Verify(root, seed, k, p); err != nil {
+	if err := Verify(root, testSetID, seed, k, p); err != nil {
 		t.Fatalf("honest proof rejected: %v", err)
 	}
-	if err := VerifyEncoded(root, seed, k, got); err != nil {
+	if err := VerifyEncoded(root, testSetID, seed, k, got); err != nil {
 		t.Fatalf("honest encoded proof rejected: %v", err)
 	}
 	return p
 }
+
+// testSetID identifies the proof sets of these tests' miner.
+var testSetID = []byte("12D3KooWtest-miner")
 
 func seedOf(i int) [32]byte {
 	var s [32]byte
@@ -148,7 +151,7 @@ func TestProveVerifyRandomSets(t *testing.T) {
 				live = append(live, f.add(t, randBytes(r, size)))
 			}
 			if f.set.TotalLeaves() == 0 {
-				if _, err := f.set.Prove(seedOf(step), 4, f.st); !errors.Is(err, ErrEmptySet) {
+				if _, err := f.set.Prove(testSetID, seedOf(step), 4, f.st); !errors.Is(err, ErrEmptySet) {
 					t.Fatalf("empty set: %v", err)
 				}
 				continue
@@ -217,16 +220,16 @@ func TestProofSetSlots(t *testing.T) {
 func TestChallenges(t *testing.T) {
 	// Fixed vectors guard the derivation against accidental change: the
 	// ledger and every miner must agree on them forever.
-	got, err := Challenges(seedOf(1), 4, 1<<20)
+	got, err := Challenges(testSetID, seedOf(1), 4, 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for j, g := range got {
-		if want := refChallenge(seedOf(1), j, 1<<20); g != want {
+		if want := refChallenge(testSetID, seedOf(1), j, 1<<20); g != want {
 			t.Fatalf("challenge %d = %d, reference %d", j, g, want)
 		}
 	}
-	for j, want := range []uint64{685924, 849167, 972644, 89927} {
+	for j, want := range []uint64{374393, 727875, 974410, 163683} {
 		if got[j] != want {
 			t.Fatalf("challenge %d = %d, pinned vector %d: the derivation changed", j, got[j], want)
 		}
@@ -239,18 +242,37 @@ func TestChallenges(t *testing.T) {
 		}
 		var seed [32]byte
 		copy(seed[:], randBytes(r, 32))
+		id := randBytes(r, 1+r.IntN(MaxSetIDLen))
 		j := r.IntN(MaxChallenges)
-		if g, want := challenge(&seed, uint64(j), total), refChallenge(seed, j, total); g != want || g >= total {
+		var ch challenger
+		if err := ch.init(id, &seed); err != nil {
+			t.Fatal(err)
+		}
+		if g, want := ch.at(uint64(j), total), refChallenge(id, seed, j, total); g != want || g >= total {
 			t.Fatalf("challenge(total %d) = %d, reference %d", total, g, want)
 		}
 	}
 	for _, k := range []int{0, -1, MaxChallenges + 1} {
-		if _, err := Challenges(seedOf(0), k, 10); !errors.Is(err, ErrUsage) {
+		if _, err := Challenges(testSetID, seedOf(0), k, 10); !errors.Is(err, ErrUsage) {
 			t.Errorf("k=%d: %v", k, err)
 		}
 	}
-	if _, err := Challenges(seedOf(0), 1, 0); !errors.Is(err, ErrEmptySet) {
+	for _, id := range [][]byte{nil, {}, make([]byte, MaxSetIDLen+1)} {
+		if _, err := Challenges(id, seedOf(0), 1, 10); !errors.Is(err, ErrUsage) {
+			t.Errorf("set id of %d bytes: %v", len(id), err)
+		}
+	}
+	if _, err := Challenges(testSetID, seedOf(0), 1, 0); !errors.Is(err, ErrEmptySet) {
 		t.Errorf("no leaves: %v", err)
+	}
+	// The set id changes every challenge: two provers with the same
+	// pieces and the same seed answer different leaves.
+	a, _ := Challenges([]byte("miner-a"), seedOf(2), 16, 1<<40)
+	b, _ := Challenges([]byte("miner-b"), seedOf(2), 16, 1<<40)
+	for j := range a {
+		if a[j] == b[j] {
+			t.Fatalf("challenge %d is %d for both set ids", j, a[j])
+		}
 	}
 }
 
@@ -266,7 +288,7 @@ func TestChallengesSpreadBySize(t *testing.T) {
 	hits := make([]float64, len(sizes)+1)
 	const trials = 400
 	for i := 0; i < trials; i++ {
-		idx, _ := Challenges(seedOf(i), MaxChallenges, s.TotalLeaves())
+		idx, _ := Challenges(testSetID, seedOf(i), MaxChallenges, s.TotalLeaves())
 		for _, g := range idx {
 			slot, _, _ := s.Locate(g)
 			hits[slot]++
@@ -308,18 +330,18 @@ func TestProveDetectsCorruptData(t *testing.T) {
 	for i := range bad {
 		bad[i] ^= 0xff
 	}
-	if _, err := f.set.Prove(seedOf(0), 4, f.st); !errors.Is(err, ErrCorrupt) {
+	if _, err := f.set.Prove(testSetID, seedOf(0), 4, f.st); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("corrupt piece: %v", err)
 	}
 	f.st.data[c.Root] = data[:len(data)-1]
 	// A short read of the last subtree is an I/O error, not a proof.
-	if _, err := f.set.Prove(seedOf(0), 64, f.st); err == nil {
+	if _, err := f.set.Prove(testSetID, seedOf(0), 64, f.st); err == nil {
 		t.Fatal("truncated piece proved")
 	}
 	other := f.st.put(t, randBytes(r, 100))
 	f.st.layers[c.Root] = f.st.layers[other.Root]
 	f.st.data[c.Root] = data
-	if _, err := f.set.Prove(seedOf(0), 4, f.st); !errors.Is(err, ErrCorrupt) {
+	if _, err := f.set.Prove(testSetID, seedOf(0), 4, f.st); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("wrong layers: %v", err)
 	}
 }
@@ -374,7 +396,7 @@ func TestBitFlips(t *testing.T) {
 	for i := 0; i < 8*len(enc); i++ {
 		bad := bytes.Clone(enc)
 		bad[i/8] ^= 1 << (i % 8)
-		if err := VerifyEncoded(root, seed, 2, bad); err == nil {
+		if err := VerifyEncoded(root, testSetID, seed, 2, bad); err == nil {
 			t.Fatalf("bit %d of %d flipped: proof accepted", i, 8*len(enc))
 		}
 	}
@@ -382,7 +404,7 @@ func TestBitFlips(t *testing.T) {
 		s, r := seed, root
 		s[i/8] ^= 1 << (i % 8)
 		r[i/8] ^= 1 << (i % 8)
-		if Verify(root, s, 2, p) == nil || Verify(r, seed, 2, p) == nil {
+		if Verify(root, testSetID, s, 2, p) == nil || Verify(r, testSetID, seed, 2, p) == nil {
 			t.Fatalf("bit %d of seed or root flipped: accepted", i)
 		}
 	}
@@ -418,15 +440,15 @@ func TestFieldFlips(t *testing.T) {
 		for b := uint(0); b < 64; b++ {
 			q := fresh()
 			mut(q, b)
-			if err := Verify(root, seed, 3, q); !errors.Is(err, ErrInvalidProof) {
+			if err := Verify(root, testSetID, seed, 3, q); !errors.Is(err, ErrInvalidProof) {
 				t.Fatalf("%s bit %d: %v", name, b, err)
 			}
 		}
 	}
-	if err := Verify(root, seed, 4, fresh()); !errors.Is(err, ErrInvalidProof) {
+	if err := Verify(root, testSetID, seed, 4, fresh()); !errors.Is(err, ErrInvalidProof) {
 		t.Fatal("proof for k=3 accepted for k=4")
 	}
-	if err := Verify(root, seed, 3, nil); !errors.Is(err, ErrInvalidProof) {
+	if err := Verify(root, testSetID, seed, 3, nil); !errors.Is(err, ErrInvalidProof) {
 		t.Fatal("nil proof accepted")
 	}
 }
@@ -445,20 +467,28 @@ func TestProofForOtherSet(t *testing.T) {
 	}
 	h.add(t, randBytes(r, 10))
 	for name, other := range map[string]Hash{"reordered": g.set.Root(), "added": h.set.Root()} {
-		if err := Verify(other, seed, 8, p); err == nil {
+		if err := Verify(other, testSetID, seed, 8, p); err == nil {
 			t.Errorf("proof accepted against %s set", name)
 		}
 		// And the other set's own proof fails against the first root.
 	}
+	// The same set under another prover's id: the challenges differ, so
+	// the proof answers the wrong leaves.
+	if err := Verify(f.set.Root(), []byte("12D3KooWother-miner"), seed, 8, p); !errors.Is(err, ErrInvalidProof) {
+		t.Errorf("proof accepted for another set id: %v", err)
+	}
+	if err := Verify(f.set.Root(), nil, seed, 8, p); !errors.Is(err, ErrUsage) {
+		t.Errorf("empty set id: %v", err)
+	}
 	q := h.check(t, seed, 8)
-	if err := Verify(f.set.Root(), seed, 8, q); err == nil {
+	if err := Verify(f.set.Root(), testSetID, seed, 8, q); err == nil {
 		t.Error("bigger set's proof accepted against the original root")
 	}
 	h.remove(t, 3)
 	if h.set.Root() != f.set.Root() {
 		t.Error("removing the added piece did not restore the root")
 	}
-	if err := Verify(h.set.Root(), seed, 8, p); err != nil {
+	if err := Verify(h.set.Root(), testSetID, seed, 8, p); err != nil {
 		t.Errorf("after removal, the original proof is rejected: %v", err)
 	}
 }
@@ -503,7 +533,7 @@ func TestUnmarshalProofCanonical(t *testing.T) {
 		t.Errorf("UnmarshalProof allocates %.0f times", n)
 	}
 	// The empty proof is canonical (no challenges) but answers nothing.
-	if q, err := UnmarshalProof(nil); err != nil || len(q.Challenges) != 0 || Verify(Hash{}, [32]byte{}, 1, q) == nil {
+	if q, err := UnmarshalProof(nil); err != nil || len(q.Challenges) != 0 || Verify(Hash{}, testSetID, [32]byte{}, 1, q) == nil {
 		t.Errorf("empty proof: %v", err)
 	}
 	if _, err := UnmarshalProof(make([]byte, MaxProofSize+1)); !errors.Is(err, ErrTooLarge) {
@@ -555,19 +585,19 @@ func TestVerifyHostile(t *testing.T) {
 		q.Data = bytes.Clone(c.Data)
 		q.SetPath = append([]SetNode(nil), c.SetPath...)
 		mut(&q)
-		if err := Verify(root, seed, 1, &Proof{TotalLeaves: p.TotalLeaves, Challenges: []ChallengeProof{q}}); !errors.Is(err, ErrInvalidProof) {
+		if err := Verify(root, testSetID, seed, 1, &Proof{TotalLeaves: p.TotalLeaves, Challenges: []ChallengeProof{q}}); !errors.Is(err, ErrInvalidProof) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
 	for _, total := range []uint64{0, MaxTotalLeaves + 1, ^uint64(0)} {
-		if err := Verify(root, seed, 1, &Proof{TotalLeaves: total, Challenges: p.Challenges}); !errors.Is(err, ErrInvalidProof) {
+		if err := Verify(root, testSetID, seed, 1, &Proof{TotalLeaves: total, Challenges: p.Challenges}); !errors.Is(err, ErrInvalidProof) {
 			t.Errorf("total %d: %v", total, err)
 		}
 	}
-	if err := Verify(root, seed, MaxChallenges+1, p); !errors.Is(err, ErrUsage) {
+	if err := Verify(root, testSetID, seed, MaxChallenges+1, p); !errors.Is(err, ErrUsage) {
 		t.Errorf("k too big: %v", err)
 	}
-	allocs := testing.AllocsPerRun(20, func() { Verify(root, seed, 1, p) })
+	allocs := testing.AllocsPerRun(20, func() { Verify(root, testSetID, seed, 1, p) })
 	if allocs > 4 {
 		t.Errorf("Verify allocates %.0f times", allocs)
 	}

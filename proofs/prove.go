@@ -20,12 +20,13 @@ func (f PieceSourceFunc) OpenPiece(slot uint64, c Commitment) (io.ReaderAt, *Lay
 	return f(slot, c)
 }
 
-// Prove answers the k challenges that seed derives over s. Each challenge
-// reads one stored subtree (at most StoredSubtreeSize bytes) of one piece;
-// each challenged piece is opened once.
-func (s *ProofSet) Prove(seed [32]byte, k int, src PieceSource) (*Proof, error) {
+// Prove answers the k challenges that seed derives over s, the proof set
+// identified by setID (see Challenges). Each challenge reads one stored
+// subtree (at most StoredSubtreeSize bytes) of one piece; each challenged
+// piece is opened once.
+func (s *ProofSet) Prove(setID []byte, seed [32]byte, k int, src PieceSource) (*Proof, error) {
 	total := s.TotalLeaves()
-	idx, err := Challenges(seed, k, total)
+	idx, err := Challenges(setID, seed, k, total)
 	if err != nil {
 		return nil, err
 	}

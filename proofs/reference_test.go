@@ -136,9 +136,11 @@ func (s refSet) root() (Hash, uint64) {
 }
 
 // refChallenge computes floor(x·total / 2^128) with math/big.
-func refChallenge(seed [32]byte, j int, total uint64) uint64 {
+func refChallenge(setID []byte, seed [32]byte, j int, total uint64) uint64 {
 	var b bytes.Buffer
 	b.WriteString("quarry/proofs/v1/challenge")
+	b.WriteByte(byte(len(setID)))
+	b.Write(setID)
 	b.Write(seed[:])
 	binary.Write(&b, binary.BigEndian, uint64(j))
 	d := sha256.Sum256(b.Bytes())
@@ -150,12 +152,12 @@ func refChallenge(seed [32]byte, j int, total uint64) uint64 {
 
 // refProve builds the proof by scanning slots linearly for the challenged
 // leaf and reading paths off the full trees.
-func (s refSet) prove(seed [32]byte, k int) *Proof {
+func (s refSet) prove(setID []byte, seed [32]byte, k int) *Proof {
 	_, total := s.root()
 	levels := s.levels()
 	p := &Proof{TotalLeaves: total}
 	for j := 0; j < k; j++ {
-		g := refChallenge(seed, j, total)
+		g := refChallenge(setID, seed, j, total)
 		var start uint64
 		slot := -1
 		for i, pc := range s {

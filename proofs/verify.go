@@ -3,13 +3,18 @@ package proofs
 import "fmt"
 
 // Verify checks that p answers the k challenges seed derives over the proof
-// set whose root is root. It returns nil or an error wrapping
-// ErrInvalidProof (or ErrUsage for a k out of range). It is deterministic,
-// does O(k·(piece height + set height)) hashing, checks every length and
-// count before use, and allocates only a constant amount, whatever p holds.
-func Verify(root Hash, seed [32]byte, k int, p *Proof) error {
+// set identified by setID whose root is root. It returns nil or an error
+// wrapping ErrInvalidProof (or ErrUsage for a k or set id out of range). It
+// is deterministic, does O(k·(piece height + set height)) hashing, checks
+// every length and count before use, and allocates only a constant amount,
+// whatever p holds.
+func Verify(root Hash, setID []byte, seed [32]byte, k int, p *Proof) error {
 	if k < 1 || k > MaxChallenges {
 		return fmt.Errorf("%w: %d challenges (want 1..%d)", ErrUsage, k, MaxChallenges)
+	}
+	var ch challenger
+	if err := ch.init(setID, &seed); err != nil {
+		return err
 	}
 	if p == nil {
 		return fmt.Errorf("%w: no proof", ErrInvalidProof)
@@ -23,7 +28,7 @@ func Verify(root Hash, seed [32]byte, k int, p *Proof) error {
 	}
 	lh := newLeafHasher(defaultShape)
 	for j := range p.Challenges {
-		if err := verifyOne(lh, &root, &seed, uint64(j), n, &p.Challenges[j]); err != nil {
+		if err := verifyOne(lh, &root, &ch, uint64(j), n, &p.Challenges[j]); err != nil {
 			return fmt.Errorf("%w: challenge %d: %s", ErrInvalidProof, j, err)
 		}
 	}
@@ -31,20 +36,20 @@ func Verify(root Hash, seed [32]byte, k int, p *Proof) error {
 }
 
 // VerifyEncoded decodes a canonical proof and verifies it.
-func VerifyEncoded(root Hash, seed [32]byte, k int, b []byte) error {
+func VerifyEncoded(root Hash, setID []byte, seed [32]byte, k int, b []byte) error {
 	p, err := UnmarshalProof(b)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidProof, err)
 	}
-	return Verify(root, seed, k, p)
+	return Verify(root, setID, seed, k, p)
 }
 
 type reason string
 
 func (r reason) Error() string { return string(r) }
 
-func verifyOne(lh *leafHasher, root *Hash, seed *[32]byte, j, n uint64, c *ChallengeProof) error {
-	g := challenge(seed, j, n)
+func verifyOne(lh *leafHasher, root *Hash, ch *challenger, j, n uint64, c *ChallengeProof) error {
+	g := ch.at(j, n)
 	if c.Leaf != g {
 		return fmt.Errorf("answers leaf %d, challenged %d", c.Leaf, g)
 	}

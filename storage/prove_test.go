@@ -25,14 +25,15 @@ func TestStoreProvesItsPieces(t *testing.T) {
 		}
 		pieces = append(pieces, p)
 	}
+	miner := []byte("12D3KooWstore-test")
 	var seed [32]byte
 	for round := 0; round < 4; round++ {
 		seed[0] = byte(round)
-		proof, err := set.Prove(seed, proofs.DefaultChallenges, s.ProofSource())
+		proof, err := set.Prove(miner, seed, proofs.DefaultChallenges, s.ProofSource())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := proofs.Verify(set.Root(), seed, proofs.DefaultChallenges, proof); err != nil {
+		if err := proofs.Verify(set.Root(), miner, seed, proofs.DefaultChallenges, proof); err != nil {
 			t.Fatalf("round %d: honest proof rejected: %v", round, err)
 		}
 	}
@@ -48,9 +49,9 @@ func TestStoreProvesItsPieces(t *testing.T) {
 	failed := 0
 	for round := 0; round < 8; round++ {
 		seed[0] = byte(100 + round)
-		proof, err := set.Prove(seed, proofs.DefaultChallenges, s.ProofSource())
+		proof, err := set.Prove(miner, seed, proofs.DefaultChallenges, s.ProofSource())
 		if err == nil {
-			err = proofs.Verify(set.Root(), seed, proofs.DefaultChallenges, proof)
+			err = proofs.Verify(set.Root(), miner, seed, proofs.DefaultChallenges, proof)
 		}
 		if err != nil {
 			failed++

@@ -27,7 +27,10 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// Proof answers the K challenges a proving period derived from its seed.
+// Proof answers the K challenges a proving period derived from its seed and
+// the proving miner's set id (its peer ID). The id is not carried: the
+// verifier supplies it, so a proof verifies only for the miner it was made
+// for.
 type Proof struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Number of data leaves in the proof set; every path's sum must equal it,
