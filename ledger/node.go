@@ -68,6 +68,12 @@ type Config struct {
 	Peers []*ledgerv1.Replica
 	// Admins may call LedgerAdmin besides the replicas.
 	Admins []peer.ID
+	// Modules are the state machine's modules (tx types, epoch cron)
+	// registered after market.Transfers, which is always first. Every
+	// replica of a chain must run the same modules in the same order, or
+	// they compute different state hashes and halt. Default: none, i.e.
+	// transfers only.
+	Modules []market.Module
 	// Logger receives the replica's logs. Default: discard.
 	Logger *slog.Logger
 	// TickInterval is the raft tick. Default 100ms.
@@ -127,7 +133,7 @@ func (c *Config) Validate() error {
 	case c.MempoolSize < 0:
 		return bad("MempoolSize %d is negative", c.MempoolSize)
 	}
-	if _, err := market.ValidateGenesis(c.Genesis); err != nil {
+	if err := (market.Config{Genesis: c.Genesis, Modules: c.Modules}).Validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	if !c.Join {
@@ -214,7 +220,7 @@ func New(cfg Config) (_ *Node, err error) {
 			}
 		}
 	}()
-	if n.ledger, err = market.New(market.Config{Genesis: cfg.Genesis, Verify: newSigCache(1 << 18).Verify}); err != nil {
+	if n.ledger, err = market.New(market.Config{Genesis: cfg.Genesis, Modules: cfg.Modules, Verify: newSigCache(1 << 18).Verify}); err != nil {
 		return nil, err
 	}
 	n.params = n.ledger.Params()
