@@ -65,6 +65,7 @@
 //	entry = SHA-256(0x02 || piece root || uint64 size)          // count = data leaves
 //	node  = SHA-256(0x03 || left || uint64 lcount || right || uint64 rcount)
 //	empty slot = 32 zero bytes, count 0
+//	node over two empty subtrees = 32 zero bytes, count 0
 //
 // The proof-set root therefore binds the total leaf count and lays the pieces'
 // data leaves end to end: global leaf g belongs to the slot whose range

@@ -217,6 +217,46 @@ func TestProofSetSlots(t *testing.T) {
 	}
 }
 
+// TestEmptySetRoot: a set holding no piece has the all-zero root whatever
+// its slot count; an empty piece is a piece and changes the root.
+func TestEmptySetRoot(t *testing.T) {
+	s := NewProofSet()
+	if s.Root() != (Hash{}) || s.Height() != 0 {
+		t.Fatalf("new set: root %v height %d", s.Root(), s.Height())
+	}
+	var slots []uint64
+	for i := 0; i < 5; i++ { // 5 slots: padded to 8, height 3
+		slot, _ := s.Add(Commitment{Root: Hash{byte(i + 1)}, Size: uint64(i) * LeafSize})
+		slots = append(slots, slot)
+	}
+	for _, slot := range slots {
+		if s.Root() == (Hash{}) {
+			t.Fatalf("set with %d pieces has the zero root", s.Len())
+		}
+		s.Remove(slot)
+	}
+	if s.Root() != (Hash{}) || s.TotalLeaves() != 0 || s.Slots() != 5 || s.Height() != 3 {
+		t.Fatalf("emptied set: root %v, %d leaves, %d slots", s.Root(), s.TotalLeaves(), s.Slots())
+	}
+	for _, slots := range []uint64{0, 1, 2, 7, 1000} {
+		re, err := NewProofSetFrom(slots, nil)
+		if err != nil || re.Root() != (Hash{}) {
+			t.Fatalf("%d empty slots: root %v, %v", slots, re.Root(), err)
+		}
+		if root, _ := make(refSet, slots).root(); root != (Hash{}) {
+			t.Fatalf("reference: %d empty slots: root %v", slots, root)
+		}
+	}
+	// One empty piece: no leaves to challenge, but not the empty set.
+	s.Add(Commitment{Root: refLeaf(nil), Size: 0})
+	if s.Root() == (Hash{}) || s.TotalLeaves() != 0 {
+		t.Fatalf("set of one empty piece: root %v, %d leaves", s.Root(), s.TotalLeaves())
+	}
+	if _, err := s.Prove(testSetID, seedOf(0), 1, newTestStore()); !errors.Is(err, ErrEmptySet) {
+		t.Fatalf("proving a set without data leaves: %v", err)
+	}
+}
+
 func TestChallenges(t *testing.T) {
 	// Fixed vectors guard the derivation against accidental change: the
 	// ledger and every miner must agree on them forever.

@@ -96,6 +96,9 @@ func refEntry(p *refPiece) refSetNode {
 }
 
 func refSetParent(l, r refSetNode) refSetNode {
+	if l == (refSetNode{}) && r == (refSetNode{}) {
+		return refSetNode{} // nothing over empty slots
+	}
 	var b []byte
 	b = append(b, 0x03)
 	b = append(b, l.h[:]...)

@@ -92,7 +92,10 @@ func (s *ProofSet) Len() int      { return s.n }
 func (s *ProofSet) Slots() uint64 { return uint64(len(s.pieces)) }
 
 // Root is the proof-set root: it commits to every slot's piece and to the
-// number of data leaves in the set. The empty set's root is all zeros.
+// number of data leaves in the set. A set holding no piece — no slots, or
+// only empty ones — has the all-zero root, whatever its number of slots: an
+// empty slot is 32 zero bytes with count 0, and so is every node over empty
+// slots only. (A piece of size 0 is a piece: its entry is not empty.)
 func (s *ProofSet) Root() Hash {
 	top := s.tree[len(s.tree)-1]
 	if len(top) == 0 {
@@ -163,9 +166,18 @@ func (s *ProofSet) entry(slot uint64) setNode {
 	return setNode{hash: hashEntry(&c.Root, c.Size), leaves: c.Leaves()}
 }
 
+// parent is the sum-tree node over l and r. Two empty subtrees make an
+// empty one, so empty slots, however many, add nothing to the root: a set
+// emptied by removals has the root of the set that never held a piece. No
+// real node is empty (that would take a SHA-256 preimage of zero).
 func parent(l, r *setNode) setNode {
+	if l.empty() && r.empty() {
+		return setNode{}
+	}
 	return setNode{hash: hashSetNode(&l.hash, l.leaves, &r.hash, r.leaves), leaves: l.leaves + r.leaves}
 }
+
+func (n *setNode) empty() bool { return n.leaves == 0 && n.hash == Hash{} }
 
 // grow doubles the slot capacity (or makes the first slot) and rebuilds.
 func (s *ProofSet) grow() {
