@@ -60,6 +60,8 @@ type procCluster struct {
 	procs   []*replicaProc
 	clients []ledgerv1.LedgerClient
 	cert    *peertls.Cert
+	// runFlags are given to every `ledgerd run`.
+	runFlags []string
 }
 
 func buildLedgerd(t *testing.T) string {
@@ -71,10 +73,11 @@ func buildLedgerd(t *testing.T) string {
 	return bin
 }
 
-// startProcCluster inits and starts three replicas and waits for a leader.
-func startProcCluster(t *testing.T, chainID string) *procCluster {
+// startProcCluster inits and starts three replicas, each run with runFlags,
+// and waits for a leader.
+func startProcCluster(t *testing.T, chainID string, runFlags ...string) *procCluster {
 	t.Helper()
-	c := &procCluster{t: t, bin: buildLedgerd(t), base: t.TempDir()}
+	c := &procCluster{t: t, bin: buildLedgerd(t), base: t.TempDir(), runFlags: runFlags}
 	addrs := freeAddrs(t, 3)
 	params := market.DevParams()
 	params.BlockIntervalNs = uint64(20 * time.Millisecond)
@@ -135,7 +138,8 @@ func (c *procCluster) initReplica(id uint64, key *identity.Key, extra ...string)
 
 func (c *procCluster) start(p *replicaProc, extra ...string) {
 	p.log = &bytes.Buffer{}
-	p.cmd = exec.Command(c.bin, append([]string{"run", "--dir", p.dir, "--log-level", "info"}, extra...)...)
+	args := append([]string{"run", "--dir", p.dir, "--log-level", "info"}, c.runFlags...)
+	p.cmd = exec.Command(c.bin, append(args, extra...)...)
 	p.cmd.Stderr = p.log
 	if err := p.cmd.Start(); err != nil {
 		c.t.Fatal(err)

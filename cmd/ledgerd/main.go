@@ -2,11 +2,15 @@
 //
 //	ledgerd init --dir D --genesis genesis.json --key replica-1.key --raft-id 1
 //	ledgerd run  --dir D
+//	ledgerd run  --dir D --admin 12D3…   # an operator key that may change the membership
 //	ledgerd add-replica    --dir D --raft-id 4 --peer-id 12D3… --address 127.0.0.1:7403
-//	ledgerd remove-replica --dir D --raft-id 4
+//	ledgerd remove-replica --key operator.key --genesis genesis.json --raft-id 4
 //
-// Every flag can also be set as QUARRY_<FLAG> (QUARRY_DIR, QUARRY_GRPC_ADDR, …);
-// a flag wins over the environment.
+// run takes the flags every Quarry daemon takes (internal/daemon.Flags:
+// --grpc-addr, --http-addr, --log-format, --log-level, --call-timeout,
+// --drain-timeout, --max-msg-size, --admin). Every flag can also be set as
+// QUARRY_<FLAG> (QUARRY_DIR, QUARRY_GRPC_ADDR, QUARRY_ADMIN=id1,id2, …); a
+// flag wins over the environment.
 package main
 
 import (
@@ -15,20 +19,23 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/quarrynet/quarry/consensus"
 	"github.com/quarrynet/quarry/internal/atomicfile"
 	"github.com/quarrynet/quarry/internal/daemon"
 	"github.com/quarrynet/quarry/internal/identity"
+	"github.com/quarrynet/quarry/internal/ledgerdial"
 	"github.com/quarrynet/quarry/internal/peertls"
 	"github.com/quarrynet/quarry/ledger"
 	ledgerv1 "github.com/quarrynet/quarry/proto/quarry/ledger/v1"
@@ -166,153 +173,268 @@ func loadReplica(dir string) (replicaConfig, *ledgerv1.Genesis, *identity.Key, e
 	return rc, gen, key, nil
 }
 
+// runOptions are `ledgerd run`'s settings: the flags every daemon takes
+// (internal/daemon.Flags: addresses, logging, timeouts, --admin) and its
+// own.
+type runOptions struct {
+	flags daemon.Flags
+	dir   string
+	peers []string
+}
+
 func newRunCmd(stderr io.Writer) *cobra.Command {
-	var dir, grpcAddr, httpAddr, logFormat, logLevel string
-	var peers []string
+	o := &runOptions{}
+	return o.command(stderr)
+}
+
+func (o *runOptions) command(stderr io.Writer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the replica until SIGTERM or SIGINT",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := daemon.SignalContext()
+			ctx, stop := daemon.SignalContext() // first, so an early SIGTERM is clean
 			defer stop()
-			if dir == "" {
-				return daemon.InvalidFlag(cmd.Flags(), "dir", errors.New("required"))
-			}
-			rc, gen, key, err := loadReplica(dir)
+			cfg, err := o.config(cmd.Flags(), os.LookupEnv, stderr)
 			if err != nil {
 				return err
-			}
-			var level slog.Level
-			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-				return daemon.InvalidFlag(cmd.Flags(), "log-level", err)
-			}
-			logger, err := daemon.NewLogger(stderr, logFormat, level)
-			if err != nil {
-				return daemon.InvalidFlag(cmd.Flags(), "log-format", err)
-			}
-			if grpcAddr == "" {
-				grpcAddr = rc.GRPCAddr
-			}
-			if httpAddr == "" {
-				httpAddr = rc.HTTPAddr
-			}
-			cfg := ledger.Config{
-				Dir: filepath.Join(dir, "data"), Genesis: gen, Key: key, RaftID: rc.RaftID,
-				GRPCAddr: grpcAddr, HTTPAddr: httpAddr, Join: rc.Join, Logger: logger,
-			}
-			for _, p := range peers {
-				r, err := parsePeer(p)
-				if err != nil {
-					return daemon.InvalidFlag(cmd.Flags(), "peer", err)
-				}
-				cfg.Peers = append(cfg.Peers, r)
 			}
 			node, err := ledger.New(cfg)
 			if err != nil {
 				return err
 			}
-			logger.Info("ledgerd: serving", "raft_id", rc.RaftID, "peer_id", node.PeerID(), "grpc", node.GRPCAddr())
+			cfg.Logger.Info("ledgerd: serving", "raft_id", cfg.RaftID, "peer_id", node.PeerID(), "grpc", node.GRPCAddr(), "http", node.HTTPAddr(), "admins", len(cfg.Admins))
 			err = node.Run(ctx)
 			if errors.Is(err, consensus.ErrRemoved) {
 				// Not a failure: the cluster let this replica go. Exit 0 so a
 				// supervisor does not restart it.
-				logger.Info("ledgerd: this replica was removed from the cluster; its data directory is no longer needed", "dir", dir)
+				cfg.Logger.Info("ledgerd: this replica was removed from the cluster; its data directory is no longer needed", "dir", o.dir)
 				return nil
 			}
 			return err
 		},
 	}
-	cmd.Flags().StringVar(&dir, "dir", "", "data directory made by init")
-	cmd.Flags().StringVar(&grpcAddr, "grpc-addr", "", "override the gRPC listen address")
-	cmd.Flags().StringVar(&httpAddr, "http-addr", "", "override the HTTP /metrics address")
-	cmd.Flags().StringSliceVar(&peers, "peer", nil, "a current replica, RAFTID=PEERID@ADDR (for --join replicas)")
-	cmd.Flags().StringVar(&logFormat, "log-format", "text", "log format: text or json")
-	cmd.Flags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	return withEnv(cmd)
+	o.flags = daemon.Flags{LogFormat: "text"}
+	o.flags.Register(cmd.Flags())
+	// The addresses default to what init recorded in ledgerd.json.
+	for _, name := range []string{"grpc-addr", "http-addr"} {
+		f := cmd.Flags().Lookup(name)
+		f.DefValue = ""
+		f.Usage += " (default: the one `ledgerd init` recorded)"
+	}
+	cmd.Flags().StringVar(&o.dir, "dir", "", "data directory made by init")
+	cmd.Flags().StringSliceVar(&o.peers, "peer", nil, "a current replica, RAFTID=PEERID@ADDR (for --join replicas; repeatable)")
+	daemon.BindEnv(cmd.Flags())
+	return cmd
 }
 
-// parsePeer parses RAFTID=PEERID@ADDR.
-func parsePeer(s string) (*ledgerv1.Replica, error) {
-	idPart, rest, ok := strings.Cut(s, "=")
-	pid, addr, ok2 := strings.Cut(rest, "@")
-	if !ok || !ok2 {
-		return nil, fmt.Errorf("%q: want RAFTID=PEERID@ADDR", s)
+// config reads the environment into the flags the command line left unset
+// (lookup is os.LookupEnv outside tests), checks them, and builds the
+// replica's Config from them and its data directory.
+func (o *runOptions) config(fs *pflag.FlagSet, lookup func(string) (string, bool), stderr io.Writer) (ledger.Config, error) {
+	if err := daemon.LoadEnv(fs, lookup); err != nil {
+		return ledger.Config{}, err
 	}
-	var id uint64
-	if _, err := fmt.Sscan(idPart, &id); err != nil || id == 0 {
-		return nil, fmt.Errorf("%q: bad raft id", s)
+	if o.dir == "" {
+		return ledger.Config{}, daemon.InvalidFlag(fs, "dir", errors.New("required"))
 	}
-	if _, err := peer.Decode(pid); err != nil {
-		return nil, fmt.Errorf("%q: bad peer ID: %v", s, err)
+	rc, gen, key, err := loadReplica(o.dir)
+	if err != nil {
+		return ledger.Config{}, err
 	}
-	return &ledgerv1.Replica{RaftId: id, PeerId: pid, Address: addr}, nil
+	if !fs.Changed("grpc-addr") {
+		o.flags.GRPCAddr = rc.GRPCAddr
+	}
+	if !fs.Changed("http-addr") {
+		o.flags.HTTPAddr = rc.HTTPAddr
+	}
+	// ledger.Config has no setting for these yet: the replica's server
+	// keeps the daemon defaults. Refuse a value rather than ignore it.
+	for _, name := range []string{"call-timeout", "max-msg-size"} {
+		if fs.Changed(name) {
+			return ledger.Config{}, daemon.InvalidFlag(fs, name, errors.New("ledgerd cannot apply this setting yet; its server uses the default"))
+		}
+	}
+	dc, err := o.flags.Config(fs, stderr)
+	if err != nil {
+		return ledger.Config{}, err
+	}
+	// The daemon's registry, with the Go runtime and process collectors a
+	// Registry of one's own would otherwise lack (CPU, memory, fds).
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cfg := ledger.Config{
+		Dir: filepath.Join(o.dir, "data"), Genesis: gen, Key: key, RaftID: rc.RaftID,
+		GRPCAddr: dc.GRPCAddr, HTTPAddr: dc.HTTPAddr, Join: rc.Join, Logger: dc.Logger,
+		Admins: o.flags.Admins, DrainTimeout: dc.DrainTimeout, Registry: reg,
+	}
+	for _, p := range o.peers {
+		r, err := ledgerdial.ParseReplica(p)
+		if err != nil {
+			return ledger.Config{}, daemon.InvalidFlag(fs, "peer", err)
+		}
+		cfg.Peers = append(cfg.Peers, r)
+	}
+	return cfg, nil
+}
+
+// adminOptions are add-replica's and remove-replica's settings.
+type adminOptions struct {
+	dir, keyPath, genesisPath string
+	replicas                  []string
+	raftID                    uint64
+	peerID, address           string
 }
 
 func newMembershipCmd(stdout io.Writer, add bool) *cobra.Command {
-	var dir, peerID, address string
-	var raftID uint64
-	use, short := "remove-replica", "Remove a replica from the cluster (run against any replica)"
+	o := &adminOptions{}
+	use, short := "remove-replica", "Remove a replica from the cluster"
 	if add {
 		use, short = "add-replica", "Add a replica to the cluster (it then joins with `init --join` and `run`)"
 	}
 	cmd := &cobra.Command{
 		Use:   use,
 		Short: short,
-		Args:  cobra.NoArgs,
+		Long: short + `.
+
+The request is signed by a replica's key (--dir) or an operator key (--key)
+that the replicas were started with as --admin. It goes to the current
+replicas: those --replica names, the replica in --dir, and the genesis
+founders are asked for the membership, and the change is sent to its leader
+(or, failing that, any member). So it keeps working after the founders are
+gone as long as one replica it is pointed at is still a member.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if dir == "" || raftID == 0 || (add && (peerID == "" || address == "")) {
-				if add {
-					return errors.New("--dir, --raft-id, --peer-id and --address are required")
-				}
-				return errors.New("--dir and --raft-id are required")
-			}
-			_, gen, key, err := loadReplica(dir)
-			if err != nil {
-				return err
-			}
-			cert, err := peertls.New(key)
-			if err != nil {
-				return err
-			}
-			var errs []error
-			for _, r := range gen.GetReplicas() {
-				id, err := peer.Decode(r.GetPeerId())
-				if err != nil {
-					continue
-				}
-				conn, err := daemon.Dial(r.GetAddress(), cert, id)
-				if err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-				admin := ledgerv1.NewLedgerAdminClient(conn)
-				if add {
-					_, err = admin.AddReplica(ctx, &ledgerv1.AddReplicaRequest{RaftId: raftID, PeerId: peerID, Address: address})
-				} else {
-					_, err = admin.RemoveReplica(ctx, &ledgerv1.RemoveReplicaRequest{RaftId: raftID})
-				}
-				cancel()
-				conn.Close()
-				if err == nil {
-					verb := "removed"
-					if add {
-						verb = "added"
-					}
-					fmt.Fprintf(stdout, "%s replica %d\n", verb, raftID)
-					return nil
-				}
-				errs = append(errs, fmt.Errorf("replica %d: %s", r.GetRaftId(), status.Convert(err).Message()))
-			}
-			return fmt.Errorf("no replica accepted the change: %w", errors.Join(errs...))
+			return o.run(cmd.Context(), stdout, add)
 		},
 	}
-	cmd.Flags().StringVar(&dir, "dir", "", "this replica's data directory (its key signs the request)")
-	cmd.Flags().Uint64Var(&raftID, "raft-id", 0, "raft ID of the replica to change")
+	cmd.Flags().StringVar(&o.dir, "dir", "", "a replica's data directory: its key signs the request, and it and its genesis are asked first")
+	cmd.Flags().StringVar(&o.keyPath, "key", "", "an operator key file to sign with instead (the replicas must list it with --admin)")
+	cmd.Flags().StringVar(&o.genesisPath, "genesis", "", "genesis file naming the founding replicas (default: the one in --dir)")
+	cmd.Flags().StringSliceVar(&o.replicas, "replica", nil, "a current replica, RAFTID=PEERID@ADDR, to ask first (repeatable)")
+	cmd.Flags().Uint64Var(&o.raftID, "raft-id", 0, "raft ID of the replica to change")
 	if add {
-		cmd.Flags().StringVar(&peerID, "peer-id", "", "the new replica's peer ID")
-		cmd.Flags().StringVar(&address, "address", "", "the new replica's gRPC address")
+		cmd.Flags().StringVar(&o.peerID, "peer-id", "", "the new replica's peer ID")
+		cmd.Flags().StringVar(&o.address, "address", "", "the new replica's gRPC address")
 	}
 	return withEnv(cmd)
+}
+
+// seeds returns the signing key and the replicas to ask, in order: those
+// --replica names, the one in --dir, the genesis founders.
+func (o *adminOptions) seeds() (*identity.Key, []*ledgerv1.Replica, error) {
+	var seeds []*ledgerv1.Replica
+	for _, s := range o.replicas {
+		r, err := ledgerdial.ParseReplica(s)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--replica %w", err)
+		}
+		seeds = append(seeds, r)
+	}
+	var key *identity.Key
+	var gen *ledgerv1.Genesis
+	if o.dir != "" {
+		rc, g, k, err := loadReplica(o.dir)
+		if err != nil {
+			return nil, nil, err
+		}
+		key, gen = k, g
+		seeds = append(seeds, &ledgerv1.Replica{RaftId: rc.RaftID, PeerId: k.PeerID().String(), Address: rc.GRPCAddr})
+	}
+	if o.keyPath != "" {
+		k, err := identity.Load(o.keyPath)
+		if err != nil {
+			return nil, nil, err
+		}
+		key = k
+	}
+	if o.genesisPath != "" {
+		g, err := ledger.ReadGenesisFile(o.genesisPath)
+		if err != nil {
+			return nil, nil, err
+		}
+		gen = g
+	}
+	if key == nil {
+		return nil, nil, errors.New("--dir (a replica's key) or --key (an admin key) is required")
+	}
+	seeds = ledgerdial.Merge(seeds, gen.GetReplicas())
+	if len(seeds) == 0 {
+		return nil, nil, errors.New("no replica to ask: give --dir, --genesis or --replica")
+	}
+	return key, seeds, nil
+}
+
+func (o *adminOptions) run(ctx context.Context, stdout io.Writer, add bool) error {
+	switch {
+	case o.raftID == 0:
+		return errors.New("--raft-id is required")
+	case add && (o.peerID == "" || o.address == ""):
+		return errors.New("--peer-id and --address are required")
+	}
+	key, seeds, err := o.seeds()
+	if err != nil {
+		return err
+	}
+	cert, err := peertls.New(key)
+	if err != nil {
+		return err
+	}
+	// Any replica, the one to be removed included, can say who the
+	// members are; the change goes to them, leader first.
+	first, err := ledgerdial.Dial(ctx, cert, seeds, nil)
+	if err != nil {
+		return err
+	}
+	defer first.Close()
+	var errs []error
+	for _, r := range ledgerdial.Merge(first.Members(), seeds) {
+		if !add && r.GetRaftId() == o.raftID {
+			continue // a replica cannot remove itself
+		}
+		c := first
+		if r.GetRaftId() != first.Replica.GetRaftId() {
+			if c, err = ledgerdial.DialOne(ctx, cert, r); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		}
+		err := o.change(ctx, c, add)
+		if c != first {
+			c.Close()
+		}
+		if err == nil {
+			verb := "removed"
+			if add {
+				verb = "added"
+			}
+			fmt.Fprintf(stdout, "%s replica %d\n", verb, o.raftID)
+			return nil
+		}
+		st := status.Convert(err)
+		switch st.Code() {
+		case codes.Unavailable, codes.DeadlineExceeded:
+			// This replica could not get the change through (no leader,
+			// shutting down): another may.
+			errs = append(errs, fmt.Errorf("replica %d: %s", r.GetRaftId(), st.Message()))
+			continue
+		case codes.PermissionDenied, codes.Unauthenticated:
+			return fmt.Errorf("replica %d refused %s: %s (%s); sign with a replica's key (--dir) or start the replicas with --admin %s",
+				r.GetRaftId(), key.PeerID(), st.Message(), st.Code(), key.PeerID())
+		}
+		return fmt.Errorf("replica %d: %s (%s)", r.GetRaftId(), st.Message(), st.Code())
+	}
+	return fmt.Errorf("no replica accepted the change: %w", errors.Join(errs...))
+}
+
+func (o *adminOptions) change(ctx context.Context, c *ledgerdial.Conn, add bool) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	admin := ledgerv1.NewLedgerAdminClient(c)
+	if add {
+		_, err := admin.AddReplica(ctx, &ledgerv1.AddReplicaRequest{RaftId: o.raftID, PeerId: o.peerID, Address: o.address})
+		return err
+	}
+	_, err := admin.RemoveReplica(ctx, &ledgerv1.RemoveReplicaRequest{RaftId: o.raftID})
+	return err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,38 +15,88 @@ import (
 	ledgerv1 "github.com/quarrynet/quarry/proto/quarry/ledger/v1"
 )
 
-// TestAddAndRemoveReplicaCommands grows a running three-process cluster to
-// four with `ledgerd add-replica` and a `--join` replica, checks that the
-// new replica catches up and applies new blocks, then removes it with
-// `ledgerd remove-replica` and checks that it stops and the rest go on.
-func TestAddAndRemoveReplicaCommands(t *testing.T) {
-	c := startProcCluster(t, "member-test")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+// TestMembershipCommands runs three ledgerd processes started with
+// `--admin` naming an operator key that is not a replica's. With that key
+// `ledgerd add-replica` grows the cluster to four and a `--join` replica
+// catches up; a key that is neither replica nor admin is refused with
+// PermissionDenied and changes nothing. Then founder 1 is removed, and
+// replica 4 is removed by a command pointed only at replica 4: a replica
+// cannot remove itself, so the command must learn the other members from
+// the membership. Each removed replica exits 0 saying so; the rest go on.
+func TestMembershipCommands(t *testing.T) {
+	adminKey, _ := identity.Generate()
+	c := startProcCluster(t, "member-test", "--admin", adminKey.PeerID().String())
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	send := func(from, to int, nonce uint64) {
+	adminPath := filepath.Join(c.base, "operator.key")
+	strangerKey, _ := identity.Generate()
+	strangerPath := filepath.Join(c.base, "stranger.key")
+	for path, k := range map[string]*identity.Key{adminPath: adminKey, strangerPath: strangerKey} {
+		if err := identity.Save(path, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ledgerd := func(args ...string) (string, error) {
+		out, err := exec.CommandContext(ctx, c.bin, args...).CombinedOutput()
+		return string(out), err
+	}
+	nonce := uint64(0)
+	send := func(client ledgerv1.LedgerClient) {
 		t.Helper()
-		tx := &ledgerv1.Tx{ChainId: c.dev.Genesis.GetChainId(), Sender: []byte(c.dev.Accounts[from].PeerID()), Nonce: nonce,
-			ExpiryHeight: 1 << 40, Body: &ledgerv1.Tx_Transfer{Transfer: &ledgerv1.Transfer{To: []byte(c.dev.Accounts[to].PeerID()), Amount: 5}}}
-		signed, err := market.SignTx(c.dev.Accounts[from], tx)
+		nonce++
+		tx := &ledgerv1.Tx{ChainId: c.dev.Genesis.GetChainId(), Sender: []byte(c.dev.Accounts[0].PeerID()), Nonce: nonce,
+			ExpiryHeight: 1 << 40, Body: &ledgerv1.Tx_Transfer{Transfer: &ledgerv1.Transfer{To: []byte(c.dev.Accounts[1].PeerID()), Amount: 5}}}
+		signed, err := market.SignTx(c.dev.Accounts[0], tx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.clients[0].SubmitTx(ctx, &ledgerv1.SubmitTxRequest{SignedTx: signed, Wait: true}); err != nil {
+		if _, err := client.SubmitTx(ctx, &ledgerv1.SubmitTxRequest{SignedTx: signed, Wait: true}); err != nil {
 			t.Fatalf("transfer: %v", err)
 		}
 	}
-	send(0, 1, 1)
+	replicas := func(client ledgerv1.LedgerClient) int {
+		t.Helper()
+		s, err := client.Status(ctx, &ledgerv1.StatusRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(s.GetReplicas())
+	}
+	waitRemoved := func(p *replicaProc, id int) {
+		t.Helper()
+		exited := make(chan error, 1)
+		go func() { exited <- p.cmd.Wait() }()
+		select {
+		case err := <-exited:
+			p.cmd = nil // reaped
+			if err != nil || !strings.Contains(p.log.String(), "removed from the cluster") {
+				t.Fatalf("removed replica %d exited with %v (want status 0 and a log line saying it was removed):\n%s", id, err, p.log.String())
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatalf("removed replica %d is still running", id)
+		}
+	}
+	send(c.clients[0])
 
 	newKey, _ := identity.Generate()
 	addr := freeAddrs(t, 1)[0]
-	// Unknown flags and a missing peer ID are refused before anything happens.
-	if out, err := exec.Command(c.bin, "add-replica", "--dir", c.procs[0].dir, "--raft-id", "4").CombinedOutput(); err == nil {
-		t.Fatalf("add-replica without --peer-id succeeded: %s", out)
+	addArgs := []string{"add-replica", "--genesis", c.genPath, "--raft-id", "4", "--peer-id", newKey.PeerID().String(), "--address", addr}
+	// A missing peer ID is refused before anything is asked.
+	if out, err := ledgerd("add-replica", "--dir", c.procs[0].dir, "--raft-id", "4"); err == nil || !strings.Contains(out, "--peer-id") {
+		t.Fatalf("add-replica without --peer-id: %v\n%s", err, out)
 	}
-	out, err := exec.Command(c.bin, "add-replica", "--dir", c.procs[0].dir, "--raft-id", "4",
-		"--peer-id", newKey.PeerID().String(), "--address", addr).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "added replica 4") {
-		t.Fatalf("add-replica: %v\n%s", err, out)
+	// A key that is neither a replica's nor an admin's.
+	out, err := ledgerd(append(addArgs, "--key", strangerPath)...)
+	if err == nil || !strings.Contains(out, "PermissionDenied") || !strings.Contains(out, "--admin "+strangerKey.PeerID().String()) {
+		t.Fatalf("add-replica signed by a stranger: %v\n%s\nwant PermissionDenied and how to make the key an admin", err, out)
+	}
+	t.Logf("a stranger is told: %s", strings.TrimSpace(out))
+	if n := replicas(c.clients[0]); n != 3 {
+		t.Fatalf("a refused add-replica changed the membership to %d replicas", n)
+	}
+	// The operator key.
+	if out, err := ledgerd(append(addArgs, "--key", adminPath)...); err != nil || !strings.Contains(out, "added replica 4") {
+		t.Fatalf("add-replica signed by the admin key: %v\n%s", err, out)
 	}
 	p4 := c.initReplica(4, newKey, "--join", "--grpc-addr", addr)
 	var peers []string
@@ -55,7 +106,7 @@ func TestAddAndRemoveReplicaCommands(t *testing.T) {
 	c.start(p4, peers...)
 	c.procs = append(c.procs, p4)
 	client4 := c.dial(newKey.PeerID().String(), addr)
-	send(0, 1, 2)
+	send(c.clients[0])
 	target, err := c.clients[0].Status(ctx, &ledgerv1.StatusRequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -69,24 +120,19 @@ func TestAddAndRemoveReplicaCommands(t *testing.T) {
 		t.Fatalf("the added replica never caught up to height %d: %s", target.GetHead().GetHeight(), last)
 	}
 
-	out, err = exec.Command(c.bin, "remove-replica", "--dir", c.procs[1].dir, "--raft-id", "4").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "removed replica 4") {
-		t.Fatalf("remove-replica: %v\n%s", err, out)
+	// Replace founder 1.
+	if out, err := ledgerd("remove-replica", "--key", adminPath, "--genesis", c.genPath, "--raft-id", "1"); err != nil || !strings.Contains(out, "removed replica 1") {
+		t.Fatalf("remove-replica 1: %v\n%s", err, out)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- p4.cmd.Wait() }()
-	select {
-	case err := <-exited:
-		p4.cmd = nil // reaped
-		if err != nil || !strings.Contains(p4.log.String(), "removed from the cluster") {
-			t.Fatalf("removed replica exited with %v (want status 0 and a log line saying it was removed):\n%s", err, p4.log.String())
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("the removed replica is still running")
+	waitRemoved(c.procs[0], 1)
+	// Only replica 4 is named, and it cannot remove itself.
+	only4 := fmt.Sprintf("4=%s@%s", newKey.PeerID(), addr)
+	if out, err := ledgerd("remove-replica", "--key", adminPath, "--replica", only4, "--raft-id", "4"); err != nil || !strings.Contains(out, "removed replica 4") {
+		t.Fatalf("remove-replica 4 via replica 4 alone: %v\n%s", err, out)
 	}
-	send(0, 1, 3)
-	s, err := c.clients[2].Status(ctx, &ledgerv1.StatusRequest{})
-	if err != nil || len(s.GetReplicas()) != 3 {
-		t.Fatalf("after removal: %v replicas, %v", len(s.GetReplicas()), err)
+	waitRemoved(p4, 4)
+	send(c.clients[1])
+	if n := replicas(c.clients[2]); n != 2 {
+		t.Fatalf("after the removals: %d replicas, want 2", n)
 	}
 }
