@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/quarrynet/quarry/market"
@@ -125,24 +126,30 @@ func TestBadInput(t *testing.T) {
 		name string
 		raw  []byte
 		code codes.Code
+		msg  string // the message contains it, when set
 	}{
-		{"forged signature", forgedRaw, codes.InvalidArgument},
-		{"garbage", []byte("not a tx"), codes.InvalidArgument},
-		{"wrong chain", tx(func(m *ledgerv1.Tx) { m.ChainId = "other-chain" }), codes.InvalidArgument},
-		{"stale nonce", tx(func(m *ledgerv1.Tx) { m.Nonce = 1 }), codes.FailedPrecondition},
-		{"overflow amount", tx(func(m *ledgerv1.Tx) { m.GetTransfer().Amount = 1<<64 - 1 }), codes.FailedPrecondition},
-		{"expired", tx(func(m *ledgerv1.Tx) { m.ExpiryHeight = 1 }), codes.FailedPrecondition},
+		{"forged signature", forgedRaw, codes.InvalidArgument, ""},
+		{"garbage", []byte("not a tx"), codes.InvalidArgument, ""},
+		{"wrong chain", tx(func(m *ledgerv1.Tx) { m.ChainId = "other-chain" }), codes.InvalidArgument, ""},
+		{"stale nonce", tx(func(m *ledgerv1.Tx) { m.Nonce = 1 }), codes.FailedPrecondition, ""},
+		{"amount plus fee overflow", tx(func(m *ledgerv1.Tx) { m.GetTransfer().Amount = 1<<64 - 1; m.Fee = 1 }), codes.InvalidArgument,
+			"overflow: the amounts exceed the token range"},
+		{"amount above balance", tx(func(m *ledgerv1.Tx) { m.GetTransfer().Amount = 1<<64 - 1 }), codes.FailedPrecondition, "insufficient funds"},
+		{"expired", tx(func(m *ledgerv1.Tx) { m.ExpiryHeight = 1 }), codes.FailedPrecondition, ""},
 		{"unknown account", c.signTx(c.admin, &ledgerv1.Tx{ChainId: "test-chain", Sender: []byte(c.admin.PeerID()), Nonce: 1, ExpiryHeight: 1 << 40,
-			Body: &ledgerv1.Tx_Transfer{Transfer: &ledgerv1.Transfer{To: []byte(c.dev.Accounts[2].PeerID()), Amount: 1}}}), codes.FailedPrecondition},
+			Body: &ledgerv1.Tx_Transfer{Transfer: &ledgerv1.Transfer{To: []byte(c.dev.Accounts[2].PeerID()), Amount: 1}}}), codes.FailedPrecondition, ""},
 		{"oversized", func() []byte {
 			b, _ := proto.Marshal(&ledgerv1.SignedTx{Tx: big, Signature: make([]byte, 64)})
 			return b
-		}(), codes.ResourceExhausted},
-		{"too far ahead", tx(func(m *ledgerv1.Tx) { m.Nonce = 2 + MaxFutureNonces + 5 }), codes.FailedPrecondition},
+		}(), codes.ResourceExhausted, ""},
+		{"too far ahead", tx(func(m *ledgerv1.Tx) { m.Nonce = 2 + MaxFutureNonces + 5 }), codes.FailedPrecondition, ""},
 	} {
 		for id := uint64(1); id <= 3; id++ {
 			_, err := c.api(id).SubmitTx(ctx, &ledgerv1.SubmitTxRequest{SignedTx: tc.raw, Wait: true})
 			wantCode(t, err, tc.code, tc.name)
+			if err != nil && !strings.Contains(status.Convert(err).Message(), tc.msg) {
+				t.Errorf("%s: message %q lacks %q", tc.name, status.Convert(err).Message(), tc.msg)
+			}
 		}
 	}
 	// The replay of the applied tx is not an error: it is that tx.

@@ -61,7 +61,8 @@
 //  2. Form: SignedTx and Tx are canonical ([CheckCanonical]); the sender is
 //     an ed25519 peer ID; expiry_height > 0; exactly one body, of a type a
 //     registered module executes, and the module's stateless checks pass
-//     ([ErrMalformed]); chain_id matches ([ErrWrongChain]); fee ≥
+//     ([ErrMalformed]; a transfer whose amount plus fee exceeds the uint64
+//     range is [ErrOverflow]); chain_id matches ([ErrWrongChain]); fee ≥
 //     Params.min_fee ([ErrFeeTooLow]).
 //  3. Signature: verifies against the sender's key ([ErrBadSignature]).
 //  4. State, at block height h: the sender's account exists

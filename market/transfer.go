@@ -24,6 +24,11 @@ func (transfers) CheckTx(tx *Tx) error {
 	if t.GetAmount() == 0 {
 		return fmt.Errorf("%w: amount is 0", ErrMalformed)
 	}
+	// The sender pays amount + fee: a sum no balance can hold is refused
+	// before any state is read.
+	if _, err := checkedAdd(t.GetAmount(), tx.Msg.GetFee()); err != nil {
+		return fmt.Errorf("amount plus fee: %w", err)
+	}
 	return nil
 }
 
