@@ -250,11 +250,11 @@ func (a *api) GetAccount(ctx context.Context, req *ledgerv1.GetAccountRequest) (
 	if err != nil {
 		return nil, grpcError(err)
 	}
-	acct, _, err := a.n.ledger.Account(v, addr)
+	acct, exists, err := a.n.ledger.Account(v, addr)
 	if err != nil {
 		return nil, grpcError(err)
 	}
-	return &ledgerv1.GetAccountResponse{Account: acct, Height: head.GetHeight()}, nil
+	return &ledgerv1.GetAccountResponse{Account: acct, Height: head.GetHeight(), Exists: exists}, nil
 }
 
 func (a *api) GetTx(_ context.Context, req *ledgerv1.GetTxRequest) (*ledgerv1.GetTxResponse, error) {

@@ -65,6 +65,13 @@ func TestClusterTransfers(t *testing.T) {
 	if b := c.balance(3, 0); b != 1_000_000-100-19 {
 		t.Fatalf("account 0 balance %d", b)
 	}
+	// An address that never received tokens says so.
+	for addr, want := range map[string]bool{c.admin.PeerID().String(): false, c.dev.Accounts[0].PeerID().String(): true} {
+		resp, err := c.api(1).GetAccount(ctx, &ledgerv1.GetAccountRequest{Address: addr})
+		if err != nil || resp.GetExists() != want || !want && (resp.GetAccount().GetBalance() != 0 || resp.GetAccount().GetNonce() != 0) {
+			t.Fatalf("GetAccount(%s): %v %v, want exists=%v", addr, resp, err, want)
+		}
+	}
 	c.agree()
 
 	// Status and genesis.

@@ -1032,7 +1032,10 @@ type GetAccountResponse struct {
 	// Zero balance and nonce for an address the ledger has never seen.
 	Account *Account `protobuf:"bytes,1,opt,name=account,proto3" json:"account,omitempty"`
 	// The height the answer reflects.
-	Height        uint64 `protobuf:"varint,2,opt,name=height,proto3" json:"height,omitempty"`
+	Height uint64 `protobuf:"varint,2,opt,name=height,proto3" json:"height,omitempty"`
+	// Whether the address has an account at that height: false for an
+	// address that never received tokens (it cannot send until it does).
+	Exists        bool `protobuf:"varint,3,opt,name=exists,proto3" json:"exists,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1079,6 +1082,13 @@ func (x *GetAccountResponse) GetHeight() uint64 {
 		return x.Height
 	}
 	return 0
+}
+
+func (x *GetAccountResponse) GetExists() bool {
+	if x != nil {
+		return x.Exists
+	}
+	return false
 }
 
 type GetTxRequest struct {
@@ -1647,10 +1657,11 @@ const file_quarry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\blocation\x18\x02 \x01(\v2\x1c.quarry.ledger.v1.TxLocationR\blocation\"n\n" +
 	"\x11GetAccountRequest\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12?\n" +
-	"\vconsistency\x18\x02 \x01(\x0e2\x1d.quarry.ledger.v1.ConsistencyR\vconsistency\"a\n" +
+	"\vconsistency\x18\x02 \x01(\x0e2\x1d.quarry.ledger.v1.ConsistencyR\vconsistency\"y\n" +
 	"\x12GetAccountResponse\x123\n" +
 	"\aaccount\x18\x01 \x01(\v2\x19.quarry.ledger.v1.AccountR\aaccount\x12\x16\n" +
-	"\x06height\x18\x02 \x01(\x04R\x06height\"'\n" +
+	"\x06height\x18\x02 \x01(\x04R\x06height\x12\x16\n" +
+	"\x06exists\x18\x03 \x01(\bR\x06exists\"'\n" +
 	"\fGetTxRequest\x12\x17\n" +
 	"\atx_hash\x18\x01 \x01(\fR\x06txHash\"f\n" +
 	"\rGetTxResponse\x12\x1b\n" +
