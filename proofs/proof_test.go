@@ -126,7 +126,9 @@ func TestProveVerifyEdgeSizes(t *testing.T) {
 	for _, size := range []int{1, 127, LeafSize - 1, LeafSize, LeafSize + 1, 3*LeafSize + 1,
 		StoredSubtreeSize - 1, StoredSubtreeSize, StoredSubtreeSize + 1, 3*StoredSubtreeSize + 100} {
 		f := newFixture()
+		f.add(t, nil) // empty pieces on both sides: never challenged, never in the way
 		f.add(t, randBytes(r, size))
+		f.add(t, nil)
 		for i := 0; i < 3; i++ {
 			f.check(t, seedOf(i), 1+r.IntN(20))
 		}
@@ -413,30 +415,88 @@ func TestProveLeafVerifyLeaf(t *testing.T) {
 	}
 }
 
-// honest returns a three-piece set and an honest proof over it.
+// honestLayout is the honest fixture's slots by size; -1 is a slot emptied
+// by Remove. Pieces of similar size spread the challenges over several
+// slots, so paths start at non-zero offsets and take left siblings; slot 1
+// holds an empty piece and slot 2 an emptied slot, next to challenged
+// pieces; slots 0 and 5 are mostly padding above their data, which the
+// forgeries in TestVerifyHostile try to use.
+var honestLayout = []int{1<<20 + 1, 0, -1, 2<<20 + 5, 3*LeafSize + 7, 2<<20 + 1000, 3 << 19}
+
+// addLayout fills f's slots per layout (in order, then empties the -1s).
+func (f *fixture) addLayout(t testing.TB, r *rand.Rand, layout []int) {
+	t.Helper()
+	for i, size := range layout {
+		if size < 0 {
+			size = 1 + i // some piece, removed below
+		}
+		if slot := f.add(t, randBytes(r, size)); slot != uint64(i) {
+			t.Fatalf("piece %d went to slot %d", i, slot)
+		}
+	}
+	for i, size := range layout {
+		if size < 0 {
+			f.remove(t, uint64(i))
+		}
+	}
+}
+
+// honestSeed is the first test seed whose first min(k, 3) challenges land
+// in distinct slots other than 0, one of them odd (a left sibling at the
+// bottom of its set path).
+func honestSeed(s *ProofSet, k int) [32]byte {
+	for i := 0; ; i++ {
+		seed := seedOf(700 + i)
+		idx, _ := Challenges(testSetID, seed, k, s.TotalLeaves())
+		seen, odd, ok := map[uint64]bool{}, false, true
+		for _, g := range idx[:min(k, 3)] {
+			slot, _, _ := s.Locate(g)
+			ok = ok && slot != 0 && !seen[slot]
+			seen[slot], odd = true, odd || slot&1 == 1
+		}
+		if ok && odd {
+			return seed
+		}
+	}
+}
+
+// honest returns the honestLayout set and an honest proof over it whose
+// challenges are spread as honestSeed says.
 func honest(t testing.TB, k int) (*fixture, [32]byte, *Proof) {
 	t.Helper()
-	r := rand.New(rand.NewPCG(23, 24))
 	f := newFixture()
-	// The big piece makes the total large enough that a changed seed
-	// essentially never yields the same challenges.
-	f.add(t, randBytes(r, 16<<20+1))
-	f.add(t, randBytes(r, 2*LeafSize))
-	f.add(t, randBytes(r, 3*LeafSize))
-	seed := seedOf(7)
+	f.addLayout(t, rand.New(rand.NewPCG(23, 24)), honestLayout)
+	seed := honestSeed(f.set, k)
 	return f, seed, f.check(t, seed, k)
+}
+
+// spread reports how many distinct slots p's challenges hit, whether one of
+// them is odd (its set path starts with a left sibling), and whether one starts past
+// global leaf 0.
+func spread(f *fixture, p *Proof) (slots int, left, offset bool) {
+	seen := map[uint64]bool{}
+	for _, c := range p.Challenges {
+		seen[c.Slot] = true
+		left = left || c.Slot&1 == 1
+		offset = offset || f.set.Start(c.Slot) > 0
+	}
+	return len(seen), left, offset
 }
 
 // TestBitFlips flips every bit of the encoded proof, the seed and the root
 // in turn: each must make verification fail.
 func TestBitFlips(t *testing.T) {
-	f, seed, p := honest(t, 2)
+	const k = 3
+	f, seed, p := honest(t, k)
+	if n, left, offset := spread(f, p); n < 3 || !left || !offset {
+		t.Fatalf("challenges hit %d slots (left sibling %v, offset start %v): the flips would not cover paths away from slot 0", n, left, offset)
+	}
 	root := f.set.Root()
 	enc, _ := p.MarshalBinary()
 	for i := 0; i < 8*len(enc); i++ {
 		bad := bytes.Clone(enc)
 		bad[i/8] ^= 1 << (i % 8)
-		if err := VerifyEncoded(root, testSetID, seed, 2, bad); err == nil {
+		if err := VerifyEncoded(root, testSetID, seed, k, bad); err == nil {
 			t.Fatalf("bit %d of %d flipped: proof accepted", i, 8*len(enc))
 		}
 	}
@@ -444,9 +504,17 @@ func TestBitFlips(t *testing.T) {
 		s, r := seed, root
 		s[i/8] ^= 1 << (i % 8)
 		r[i/8] ^= 1 << (i % 8)
-		if Verify(root, testSetID, s, 2, p) == nil || Verify(r, testSetID, seed, 2, p) == nil {
+		if Verify(root, testSetID, s, k, p) == nil || Verify(r, testSetID, seed, k, p) == nil {
 			t.Fatalf("bit %d of seed or root flipped: accepted", i)
 		}
+	}
+	id := bytes.Clone(testSetID)
+	for i := 0; i < 8*len(id); i++ {
+		id[i/8] ^= 1 << (i % 8)
+		if Verify(root, id, seed, k, p) == nil {
+			t.Fatalf("bit %d of the set id flipped: accepted", i)
+		}
+		id[i/8] ^= 1 << (i % 8)
 	}
 }
 
@@ -498,33 +566,48 @@ func TestProofForOtherSet(t *testing.T) {
 	r := rand.New(rand.NewPCG(25, 26))
 	// The same pieces in another order, a piece added, a piece removed.
 	g := newFixture()
-	g.add(t, f.ref[1].data)
-	g.add(t, f.ref[0].data)
-	g.add(t, f.ref[2].data)
-	h := newFixture()
-	for _, rp := range f.ref {
-		h.add(t, rp.data)
+	for i := len(f.ref) - 1; i >= 0; i-- {
+		if f.ref[i] != nil {
+			g.add(t, f.ref[i].data)
+		}
 	}
-	h.add(t, randBytes(r, 10))
+	h := newFixture()
+	h.addLayout(t, rand.New(rand.NewPCG(23, 24)), honestLayout)
+	if h.set.Root() != f.set.Root() {
+		t.Fatal("the same layout gave another root")
+	}
+	added := h.add(t, randBytes(r, 10)) // into the emptied slot
 	for name, other := range map[string]Hash{"reordered": g.set.Root(), "added": h.set.Root()} {
 		if err := Verify(other, testSetID, seed, 8, p); err == nil {
 			t.Errorf("proof accepted against %s set", name)
 		}
-		// And the other set's own proof fails against the first root.
 	}
 	// The same set under another prover's id: the challenges differ, so
-	// the proof answers the wrong leaves.
-	if err := Verify(f.set.Root(), []byte("12D3KooWother-miner"), seed, 8, p); !errors.Is(err, ErrInvalidProof) {
+	// the proof answers the wrong leaves; that prover's own proof verifies
+	// only under its id.
+	other := []byte("12D3KooWother-miner")
+	if err := Verify(f.set.Root(), other, seed, 8, p); !errors.Is(err, ErrInvalidProof) {
 		t.Errorf("proof accepted for another set id: %v", err)
+	}
+	theirs, err := f.set.Prove(other, seed, 8, f.st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Verify(f.set.Root(), other, seed, 8, theirs); err != nil {
+		t.Errorf("the other prover's honest proof: %v", err)
+	}
+	if err := Verify(f.set.Root(), testSetID, seed, 8, theirs); !errors.Is(err, ErrInvalidProof) {
+		t.Errorf("the other prover's proof accepted under this prover's id: %v", err)
 	}
 	if err := Verify(f.set.Root(), nil, seed, 8, p); !errors.Is(err, ErrUsage) {
 		t.Errorf("empty set id: %v", err)
 	}
+	// And the other set's own proof fails against the first root.
 	q := h.check(t, seed, 8)
 	if err := Verify(f.set.Root(), testSetID, seed, 8, q); err == nil {
 		t.Error("bigger set's proof accepted against the original root")
 	}
-	h.remove(t, 3)
+	h.remove(t, added)
 	if h.set.Root() != f.set.Root() {
 		t.Error("removing the added piece did not restore the root")
 	}
@@ -627,6 +710,48 @@ func TestVerifyHostile(t *testing.T) {
 		mut(&q)
 		if err := Verify(root, testSetID, seed, 1, &Proof{TotalLeaves: p.TotalLeaves, Challenges: []ChallengeProof{q}}); !errors.Is(err, ErrInvalidProof) {
 			t.Errorf("%s: %v", name, err)
+		}
+	}
+	// Forgeries that answer a challenged leaf g from a slot whose range does
+	// not hold it: read as a local index of that slot's tree (the path's
+	// low bits), g lands on padding, whose content — a zero leaf — anyone
+	// knows. Everything else is honest, so only the range check in Verify
+	// stands between them and acceptance.
+	for _, tc := range []struct {
+		name  string
+		slot  uint64
+		later bool // the claimed slot lies after g's (g < its start)
+	}{{"earlier slot's padding", 0, false}, {"later slot's padding", 5, true}} {
+		claim := f.ref[tc.slot]
+		h, leaves, start := claim.c.Height(), claim.c.Leaves(), f.set.Start(tc.slot)
+		if uint64(1)<<h == leaves {
+			t.Fatalf("%s: slot %d has no padding to forge from", tc.name, tc.slot)
+		}
+		var fseed [32]byte
+		var g, local uint64
+		for i := 0; ; i++ {
+			fseed = seedOf(5000 + i)
+			idx, _ := Challenges(testSetID, fseed, 1, p.TotalLeaves)
+			g = idx[0]
+			local = (g - start) & (1<<h - 1)
+			outside := g >= start+leaves
+			if tc.later {
+				outside = g < start
+			}
+			if outside && local >= leaves {
+				break
+			}
+		}
+		q := ChallengeProof{
+			Leaf: g, Slot: tc.slot, PieceSize: claim.c.Size, Data: make([]byte, LeafSize),
+			PiecePath: refPiecePath(refLevels(claim.data), int(local)),
+			SetPath:   f.set.path(tc.slot, nil),
+		}
+		if pieceRoot(newLeafHasher(defaultShape), q.Data, local, q.PiecePath) != claim.c.Root {
+			t.Fatalf("%s: the forged path does not reach slot %d's root; the case tests nothing", tc.name, tc.slot)
+		}
+		if err := Verify(root, testSetID, fseed, 1, &Proof{TotalLeaves: p.TotalLeaves, Challenges: []ChallengeProof{q}}); !errors.Is(err, ErrInvalidProof) {
+			t.Errorf("%s: leaf %d answered from slot %d (range [%d, %d)): %v", tc.name, g, tc.slot, start, start+leaves, err)
 		}
 	}
 	for _, total := range []uint64{0, MaxTotalLeaves + 1, ^uint64(0)} {
