@@ -95,7 +95,8 @@
 // every block committed by earlier leaders before it builds on the head.
 // Then, every Params.block_interval — or at once when the mempool holds
 // Params.max_txs_per_block txs — it builds a block on its committed head
-// with market.Ledger.BuildBlock (time = max(now, head.time + 1)) and
+// with market.Ledger.BuildBlock (time = market.Ledger.NextBlockTime: now,
+// but after the head's time and at most MaxTimeStep after it) and
 // proposes it, waiting until the proposal is applied locally before
 // building the next one: a block always extends the head it was built on.
 // Empty blocks are proposed only when the epoch has advanced since the head,

@@ -84,7 +84,7 @@ func (n *Node) produceOne(ctx context.Context) (more bool, err error) {
 		v.Close()
 		return false, nil
 	}
-	built, err := n.ledger.BuildBlock(v, max(now, head.GetTime()+1), n.PeerID(), cands)
+	built, err := n.ledger.BuildBlock(v, n.ledger.NextBlockTime(head, now), n.PeerID(), cands)
 	v.Close()
 	if err != nil {
 		return false, err

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"testing"
 
@@ -294,4 +295,50 @@ func TestEpochCronAndEscrow(t *testing.T) {
 	if head.Epoch != 4 {
 		t.Fatalf("epoch %d", head.Epoch)
 	}
+}
+
+// TestBlockTimeIsBounded: a block may be at most MaxTimeStep after its
+// parent, so a proposer whose clock is far ahead cannot make one block run
+// the cron of every epoch in between; BuildBlock and ApplyBlock both refuse
+// such a block, and NextBlockTime keeps the leader within the bound.
+func TestBlockTimeIsBounded(t *testing.T) {
+	c := newChain(t, 2, 1000, nil)
+	step := c.l.MaxTimeStep()
+	if want := int64(MaxTimeStepPeriods) * sec; step != want { // dev params: 1 s epochs, 100 ms blocks
+		t.Fatalf("MaxTimeStep %d, want %d", step, want)
+	}
+	head, _, _ := c.l.Head(c.st)
+	for now, want := range map[int64]int64{
+		head.Time - sec:       head.Time + 1,
+		head.Time + sec:       head.Time + sec,
+		head.Time + 1000*step: head.Time + step,
+		math.MaxInt64:         head.Time + step,
+	} {
+		if got := c.l.NextBlockTime(head, now); got != want {
+			t.Errorf("NextBlockTime(now=%d) = %d, want %d", now, got, want)
+		}
+	}
+	if _, err := c.l.BuildBlock(c.st, head.Time+step+1, c.proposer(), nil); !errors.Is(err, ErrBadBlock) {
+		t.Fatalf("BuildBlock beyond the bound: %v", err)
+	}
+	// A block built within the bound, then moved a million epochs ahead
+	// (epoch set to match): rejected, nothing changes.
+	b := c.build(transferTx(t, c.acct(0), 1, c.acct(1).PeerID(), 7))
+	var blk ledgerv1.Block
+	if err := proto.Unmarshal(b.Block, &blk); err != nil {
+		t.Fatal(err)
+	}
+	blk.Header.Time += 1_000_000 * sec
+	blk.Header.Epoch, _ = c.l.Epoch(blk.Header.Time)
+	raw, _ := proto.MarshalOptions{Deterministic: true}.Marshal(&blk)
+	before := snapshot(c.st)
+	if _, err := c.l.ApplyBlock(c.st, raw); !errors.Is(err, ErrBadBlock) {
+		t.Fatalf("ApplyBlock of a block a million epochs ahead: %v, want ErrBadBlock", err)
+	}
+	if !equalState(before, snapshot(c.st)) {
+		t.Fatal("state changed")
+	}
+	// At the bound exactly is valid.
+	c.clock = head.Time + step - sec/10
+	c.step()
 }

@@ -24,7 +24,8 @@
 //  1. its encoding is canonical and at most Params.max_txs_per_block ×
 //     (Params.max_tx_size + 16) + 1 KiB long,
 //  2. header.chain_id is the chain's, header.height = H.height + 1,
-//     header.prev_hash = BlockHash(H), header.time > H.time,
+//     header.prev_hash = BlockHash(H), H.time < header.time ≤ H.time +
+//     [Ledger.MaxTimeStep] (64 × max(epoch length, block interval)),
 //     header.epoch = Epoch(header.time), header.proposer is an ed25519
 //     peer ID, and it holds at most Params.max_txs_per_block txs,
 //  3. header.tx_root is the Merkle root of its txs,
@@ -90,13 +91,18 @@
 // # Epochs and cron
 //
 // Epoch(t) = (t − genesis_time) / Params.epoch_length_ns. Block time is the
-// leader's clock, only required to increase; epochs therefore follow
-// block time, not the replicas' clocks. When a block's epoch is above its
-// parent's, every module's Cron runs once for each epoch crossed, in
-// increasing epoch order and module registration order, before the block's
-// txs. (A chain that stood still for n epochs runs n crons in its next
-// block; modules index their deadlines by epoch so an idle epoch costs
-// nothing.)
+// leader's clock ([Ledger.NextBlockTime]), required to increase and to stay
+// within [Ledger.MaxTimeStep] of the parent's; epochs therefore follow
+// block time, not the replicas' clocks, and no replica compares block time
+// with its own clock (that would not be deterministic). When a block's
+// epoch is above its parent's, every module's Cron runs once for each epoch
+// crossed, in increasing epoch order and module registration order, before
+// the block's txs. The time bound caps that at 64 epochs per block (more
+// only when blocks are longer than epochs), so a leader whose clock runs
+// far ahead moves chain time ahead by at most MaxTimeStep per block instead
+// of making one block loop over every epoch in between; a chain that stood
+// still catches up over several blocks. Modules index their deadlines by
+// epoch so an idle epoch costs nothing.
 //
 // # State and the state hash
 //

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
@@ -112,6 +113,42 @@ func (l *Ledger) Epoch(t int64) (uint64, error) {
 		return 0, fmt.Errorf("%w: time %d is before genesis time %d", ErrBadBlock, t, g)
 	}
 	return (uint64(t) - uint64(g)) / l.params.GetEpochLengthNs(), nil
+}
+
+// MaxTimeStepPeriods bounds how far a block's time may be after its
+// parent's, in units of max(Params.epoch_length_ns, Params.block_interval_ns):
+// see [Ledger.MaxTimeStep].
+const MaxTimeStepPeriods = 64
+
+// MaxTimeStep is the most a block's time may exceed its parent's, in
+// nanoseconds: MaxTimeStepPeriods × max(epoch length, block interval). It
+// bounds the epochs one block crosses, so the cron work of one block is
+// bounded whatever the leader's clock says (a leader whose clock is a year
+// ahead cannot make one block run a year of epoch crons). Normal blocks
+// are one block interval apart, far below it; a chain that stood still
+// catches up at most this much per block.
+func (l *Ledger) MaxTimeStep() int64 {
+	unit := max(l.params.GetEpochLengthNs(), l.params.GetBlockIntervalNs())
+	if unit > math.MaxInt64/MaxTimeStepPeriods {
+		return math.MaxInt64
+	}
+	return int64(unit * MaxTimeStepPeriods)
+}
+
+// latestTime is the latest valid time of the block after head.
+func (l *Ledger) latestTime(head *ledgerv1.BlockHeader) int64 {
+	step := l.MaxTimeStep()
+	if head.GetTime() > math.MaxInt64-step {
+		return math.MaxInt64
+	}
+	return head.GetTime() + step
+}
+
+// NextBlockTime is the time the leader gives the block after head when its
+// clock reads now: now, but after head's time and at most MaxTimeStep
+// after it.
+func (l *Ledger) NextBlockTime(head *ledgerv1.BlockHeader, now int64) int64 {
+	return min(max(now, head.GetTime()+1), l.latestTime(head))
 }
 
 // maxBlockSize bounds a block encoding.
@@ -404,6 +441,9 @@ func identityPeer(id peer.ID) (peer.ID, error) { return parsePeerID([]byte(id)) 
 func (l *Ledger) nextHeader(head *ledgerv1.BlockHeader, headHash [32]byte, time int64, proposer peer.ID) (*ledgerv1.BlockHeader, error) {
 	if time <= head.GetTime() {
 		return nil, fmt.Errorf("%w: time %d is not after the head's %d", ErrBadBlock, time, head.GetTime())
+	}
+	if latest := l.latestTime(head); time > latest {
+		return nil, fmt.Errorf("%w: time %d is more than %d ns after the head's %d (a proposer whose clock is ahead?); use NextBlockTime", ErrBadBlock, time, l.MaxTimeStep(), head.GetTime())
 	}
 	epoch, err := l.Epoch(time)
 	if err != nil {
