@@ -117,8 +117,10 @@ func ProofFromProto(m *proofsv1.Proof) (*Proof, error) {
 // UnmarshalProof decodes a proof, accepting only its canonical encoding:
 // the bytes MarshalBinary produces (fields in number order, zero scalars and
 // empty bytes omitted, minimal varints, no unknown fields). It decodes
-// strictly by hand, checking every length against the package's bounds
-// before allocating, and makes five allocations whatever the input.
+// strictly by hand and makes five allocations whatever the input, sized by
+// a first pass over it: a challenge is rejected there unless it carries its
+// LeafSize-byte leaf, so what it allocates stays within a small multiple of
+// the input's length, never a bound's worth per challenge.
 func UnmarshalProof(b []byte) (*Proof, error) {
 	if len(b) > MaxProofSize {
 		return nil, fmt.Errorf("%w: proof of %d bytes (max %d)", ErrTooLarge, len(b), MaxProofSize)
@@ -126,9 +128,9 @@ func UnmarshalProof(b []byte) (*Proof, error) {
 	d := decoder{b: b}
 	p := new(Proof)
 	p.TotalLeaves = d.uint(1)
-	// First pass: count challenges and path lengths, so the backing arrays
-	// are allocated once and exactly.
-	var k, hashes, nodes int
+	// First pass: count the challenges, then measure each one's path and
+	// set path, so the backing arrays are allocated once and exactly.
+	var k int
 	for scan := d; scan.err == nil && len(scan.b) > 0; {
 		before := len(scan.b)
 		scan.bytes(2, false)
@@ -138,11 +140,19 @@ func UnmarshalProof(b []byte) (*Proof, error) {
 		if k++; k > MaxChallenges {
 			return nil, fmt.Errorf("%w: more than %d challenges", ErrTooLarge, MaxChallenges)
 		}
-		hashes += MaxPieceHeight
-		nodes += MaxSetHeight
 	}
 	if d.err != nil {
 		return nil, d.err
+	}
+	var hashes, nodes int
+	scan := d
+	for i := 0; i < k; i++ {
+		h, n, err := measureChallenge(scan.bytes(2, false))
+		if err != nil {
+			return nil, fmt.Errorf("%w: challenge %d: %s", ErrMalformed, i, err)
+		}
+		hashes += h
+		nodes += n
 	}
 	data := make([]byte, k*LeafSize)
 	hashBuf := make([]Hash, 0, hashes)
@@ -204,6 +214,56 @@ func UnmarshalProof(b []byte) (*Proof, error) {
 		return nil, d.err
 	}
 	return p, nil
+}
+
+// measureChallenge returns the piece-path hashes and set nodes one encoded
+// ChallengeProof holds, checking just enough (the leaf's presence and
+// length, the path's length, each set node long enough to hold its hash)
+// that allocating for them is proportional to its bytes. The strict pass
+// checks the rest.
+func measureChallenge(b []byte) (hashes, nodes int, err error) {
+	leaf := false
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return 0, 0, reason("bad tag")
+		}
+		b = b[n:]
+		m := protowire.ConsumeFieldValue(num, typ, b)
+		if m < 0 {
+			return 0, 0, reason("bad field")
+		}
+		v := b[:m]
+		b = b[m:]
+		if typ != protowire.BytesType {
+			continue
+		}
+		_, l := protowire.ConsumeVarint(v)
+		size := len(v) - l
+		switch num {
+		case 4:
+			if size != LeafSize {
+				return 0, 0, fmt.Errorf("leaf of %d bytes, want %d", size, LeafSize)
+			}
+			leaf = true
+		case 5:
+			if size%32 != 0 || hashes+size/32 > MaxPieceHeight {
+				return 0, 0, reason("piece path too long or not whole hashes")
+			}
+			hashes += size / 32
+		case 6:
+			if size < 2+32 {
+				return 0, 0, reason("set node without a 32-byte hash")
+			}
+			if nodes++; nodes > MaxSetHeight {
+				return 0, 0, fmt.Errorf("set path longer than %d", MaxSetHeight)
+			}
+		}
+	}
+	if !leaf {
+		return 0, 0, reason("no leaf")
+	}
+	return hashes, nodes, nil
 }
 
 // decoder reads the fields of one message in the canonical order. Each read

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -669,6 +670,57 @@ func TestUnmarshalProofCanonical(t *testing.T) {
 	}
 	if _, err := UnmarshalProof(many); !errors.Is(err, ErrTooLarge) {
 		t.Errorf("too many challenges: %v", err)
+	}
+}
+
+// TestUnmarshalProofAllocatesInProportion: whatever the input, decoding
+// allocates at most a small multiple of its length (bytes, measured with
+// the runtime's allocation counter), so hostile input cannot make a
+// verifier allocate a bound's worth per challenge.
+func TestUnmarshalProofAllocatesInProportion(t *testing.T) {
+	_, _, p := honest(t, 16)
+	enc, _ := p.MarshalBinary()
+	challenge := func(fields ...[]byte) []byte {
+		var c []byte
+		for _, f := range fields {
+			c = append(c, f...)
+		}
+		return protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), c)
+	}
+	field := func(num protowire.Number, v []byte) []byte {
+		return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), v)
+	}
+	leaf := field(4, make([]byte, LeafSize))
+	emptyNode := field(6, nil)
+	fullNode := field(6, field(1, make([]byte, 32)))
+	repeat := func(b []byte, n int) []byte { return bytes.Repeat(b, n) }
+	inputs := map[string][]byte{
+		"honest":                     enc,
+		"honest, truncated":          enc[:len(enc)/2],
+		"256 empty challenges":       repeat(challenge(), MaxChallenges),
+		"empty challenges, a leaf":   append(repeat(challenge(), MaxChallenges-1), challenge(leaf)...),
+		"leaves only":                repeat(challenge(leaf), MaxChallenges),
+		"leaves, empty set nodes":    repeat(challenge(leaf, repeat(emptyNode, MaxSetHeight)), 64),
+		"leaves, full set nodes":     repeat(challenge(leaf, repeat(fullNode, MaxSetHeight)), 64),
+		"leaves, longest paths":      repeat(challenge(leaf, field(5, make([]byte, 32*MaxPieceHeight))), 64),
+		"too many set nodes":         challenge(leaf, repeat(fullNode, MaxSetHeight+1)),
+		"path of 41 hashes":          challenge(leaf, field(5, make([]byte, 32*(MaxPieceHeight+1)))),
+		"short leaf, 256 of them":    repeat(challenge(field(4, make([]byte, 1))), MaxChallenges),
+		"tiny input":                 {0x12, 0x00},
+		"total then empty challenge": {0x08, 0x01, 0x12, 0x00},
+	}
+	for name, b := range inputs {
+		const runs = 20
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for range runs {
+			UnmarshalProof(b)
+		}
+		runtime.ReadMemStats(&after)
+		per := (after.TotalAlloc - before.TotalAlloc) / runs
+		if limit := 2*uint64(len(b)) + 512; per > limit {
+			t.Errorf("%s: %d input bytes, %d bytes allocated per decode (limit %d)", name, len(b), per, limit)
+		}
 	}
 }
 
