@@ -3,11 +3,15 @@ package main
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -15,23 +19,28 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
-	"github.com/quarrynet/quarry/internal/daemon"
+	"github.com/quarrynet/quarry/internal/atomicfile"
 	"github.com/quarrynet/quarry/internal/identity"
+	"github.com/quarrynet/quarry/internal/ledgerdial"
 	"github.com/quarrynet/quarry/internal/peertls"
 	"github.com/quarrynet/quarry/ledger"
 	"github.com/quarrynet/quarry/market"
 	ledgerv1 "github.com/quarrynet/quarry/proto/quarry/ledger/v1"
 )
 
-// ledgerFlags locate the chain: a genesis file names the replicas (peer ID
-// and address) a client may talk to.
+// ledgerFlags locate the chain: a genesis file names the founding replicas
+// (peer ID and address), --replica names current ones, and the membership
+// a replica reports is remembered in the repo for the next run.
 type ledgerFlags struct {
-	genesis string
+	genesis  string
+	replicas []string
 }
 
 func (lf *ledgerFlags) bind(cmd *cobra.Command) {
 	cmd.PersistentFlags().StringVar(&lf.genesis, "genesis", "", "genesis file naming the ledger replicas (default $QUARRY_GENESIS, else <repo>/genesis.json)")
+	cmd.PersistentFlags().StringSliceVar(&lf.replicas, "replica", nil, "a current ledger replica, RAFTID=PEERID@HOST:PORT, tried first (repeatable; for when the genesis replicas have been replaced)")
 }
 
 func (lf *ledgerFlags) path(g *globals) (string, error) {
@@ -80,14 +89,36 @@ type ledgerClient struct {
 	conn    *grpc.ClientConn
 	genesis *ledgerv1.Genesis
 	replica *ledgerv1.Replica
+	status  *ledgerv1.StatusResponse // its answer when dialled; nil if not asked
 }
 
 func (c *ledgerClient) Close() error { return c.conn.Close() }
 
-// dialLedger connects to the first replica of the genesis that answers,
-// proving the client's key (the repo's, or a throwaway one for reads) and
-// checking each replica's peer ID.
-func (g *globals) dialLedger(ctx context.Context, lf *ledgerFlags, key *identity.Key) (*ledgerClient, error) {
+// knownReplicasFile, in the repo, remembers the membership a replica last
+// reported, so the CLI still finds the chain once the replicas in the
+// genesis have been replaced.
+const knownReplicasFile = "ledger-replicas.json"
+
+type knownReplicas struct {
+	ChainID  string   `json:"chain_id"`
+	Replicas []string `json:"replicas"` // RAFTID=PEERID@ADDR, as --replica takes them
+}
+
+// ledgerPeers is where the CLI looks for the chain's replicas, in order:
+// --replica, the membership learned in this run, the one remembered in the
+// repo, and the genesis founders.
+type ledgerPeers struct {
+	genesis   *ledgerv1.Genesis
+	cert      *peertls.Cert
+	named     []*ledgerv1.Replica
+	learned   []*ledgerv1.Replica
+	known     []*ledgerv1.Replica
+	knownPath string // "" when there is no repo to remember in
+}
+
+// ledgerPeers reads the genesis and what the repo remembers, and makes the
+// client's certificate from key (the repo's, or a throwaway one for reads).
+func (g *globals) ledgerPeers(lf *ledgerFlags, key *identity.Key) (*ledgerPeers, error) {
 	path, err := lf.path(g)
 	if err != nil {
 		return nil, err
@@ -96,37 +127,86 @@ func (g *globals) dialLedger(ctx context.Context, lf *ledgerFlags, key *identity
 	if err != nil {
 		return nil, err
 	}
+	p := &ledgerPeers{genesis: gen}
+	for _, s := range lf.replicas {
+		r, err := ledgerdial.ParseReplica(s)
+		if err != nil {
+			return nil, fmt.Errorf("--replica %w", err)
+		}
+		p.named = append(p.named, r)
+	}
+	if repo, err := g.repoDir(); err == nil {
+		if fi, err := os.Stat(repo); err == nil && fi.IsDir() {
+			p.knownPath = filepath.Join(repo, knownReplicasFile)
+			var k knownReplicas
+			if b, err := os.ReadFile(p.knownPath); err == nil && json.Unmarshal(b, &k) == nil && k.ChainID == gen.GetChainId() {
+				for _, s := range k.Replicas {
+					if r, err := ledgerdial.ParseReplica(s); err == nil {
+						p.known = append(p.known, r)
+					}
+				}
+			}
+		}
+	}
 	if key == nil {
 		if key, err = identity.Generate(); err != nil {
 			return nil, err
 		}
 	}
-	cert, err := peertls.New(key)
+	if p.cert, err = peertls.New(key); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *ledgerPeers) candidates() []*ledgerv1.Replica {
+	return ledgerdial.Merge(p.named, p.learned, p.known, p.genesis.GetReplicas())
+}
+
+// dial connects to the first candidate that answers, skipping those skip
+// reports (nil: none) and trying avoid (a raft ID, 0 for none) last, and
+// learns and remembers the membership it reports.
+func (p *ledgerPeers) dial(ctx context.Context, skip func(*ledgerv1.Replica) bool, avoid uint64) (*ledgerClient, error) {
+	cands := p.candidates()
+	if i := slices.IndexFunc(cands, func(r *ledgerv1.Replica) bool { return r.GetRaftId() == avoid }); i >= 0 && avoid != 0 {
+		cands = append(slices.Delete(slices.Clone(cands), i, i+1), cands[i])
+	}
+	c, err := ledgerdial.Dial(ctx, p.cert, cands, skip)
 	if err != nil {
 		return nil, err
 	}
-	var errs []error
-	for _, r := range gen.GetReplicas() {
-		id, err := peer.Decode(r.GetPeerId())
-		if err != nil {
-			return nil, fmt.Errorf("genesis replica %d: bad peer ID: %v", r.GetRaftId(), err)
-		}
-		conn, err := daemon.Dial(r.GetAddress(), cert, id)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		c := &ledgerClient{LedgerClient: ledgerv1.NewLedgerClient(conn), conn: conn, genesis: gen, replica: r}
-		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		_, err = c.Status(pctx, &ledgerv1.StatusRequest{}, grpc.WaitForReady(true))
-		cancel()
-		if err == nil {
-			return c, nil
-		}
-		conn.Close()
-		errs = append(errs, fmt.Errorf("replica %d at %s: %v", r.GetRaftId(), r.GetAddress(), status.Convert(err).Message()))
+	if ms := c.Members(); len(ms) > 0 {
+		p.learned = ms
+		p.remember(ms)
 	}
-	return nil, fmt.Errorf("no ledger replica answered: %w", errors.Join(errs...))
+	return &ledgerClient{LedgerClient: ledgerv1.NewLedgerClient(c), conn: c.ClientConn, genesis: p.genesis, replica: c.Replica, status: c.Status}, nil
+}
+
+// remember writes the membership to the repo when it changed. A failure
+// only costs the next run a slower search, so it is not an error.
+func (p *ledgerPeers) remember(ms []*ledgerv1.Replica) {
+	if p.knownPath == "" || slices.EqualFunc(ms, p.known, func(a, b *ledgerv1.Replica) bool { return proto.Equal(a, b) }) {
+		return
+	}
+	k := knownReplicas{ChainID: p.genesis.GetChainId()}
+	for _, r := range ms {
+		k.Replicas = append(k.Replicas, fmt.Sprintf("%d=%s@%s", r.GetRaftId(), r.GetPeerId(), r.GetAddress()))
+	}
+	b, err := json.MarshalIndent(k, "", "  ")
+	if err == nil && atomicfile.WriteBytes(p.knownPath, append(b, '\n')) == nil {
+		p.known = ms
+	}
+}
+
+// dialLedger connects to a current replica of the chain (see ledgerPeers),
+// proving the client's key (the repo's, or a throwaway one for reads) and
+// checking each replica's peer ID.
+func (g *globals) dialLedger(ctx context.Context, lf *ledgerFlags, key *identity.Key) (*ledgerClient, error) {
+	p, err := g.ledgerPeers(lf, key)
+	if err != nil {
+		return nil, err
+	}
+	return p.dial(ctx, nil, 0)
 }
 
 // rpcError turns a gRPC status into the one-line error the CLI prints.
@@ -404,53 +484,141 @@ func newChainCmd(g *globals) *cobra.Command {
 }
 
 // followBlocks prints blocks from a height. Without follow it stops at the
-// head; with follow it resumes after any disconnect from the next height.
+// head; with follow it resumes after any disconnect from the next height,
+// on another replica when it can.
 func followBlocks(ctx context.Context, g *globals, lf *ledgerFlags, key *identity.Key, from uint64, follow, asJSON bool) error {
-	next := from
-	backoff := 100 * time.Millisecond
-	for {
-		c, err := g.dialLedger(ctx, lf, key)
-		if err == nil {
-			var head uint64
-			if !follow {
-				s, err := c.Status(ctx, &ledgerv1.StatusRequest{})
-				if err != nil {
-					c.Close()
-					return rpcError("status", err)
-				}
-				head = s.GetHead().GetHeight()
-				if next > head {
-					c.Close()
-					return nil
-				}
-			}
-			err = streamFrom(ctx, g, c, &next, head, follow, asJSON)
-			c.Close()
-			if err == nil || !follow {
-				return err
-			}
-		}
-		if !follow {
-			return err
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
+	peers, err := g.ledgerPeers(lf, key)
+	if err != nil {
+		return err
+	}
+	f := &blockFollower{out: g.stdout, peers: peers, follow: follow, asJSON: asJSON, sleep: sleepCtx}
+	return f.run(ctx, from)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
-func streamFrom(ctx context.Context, g *globals, c *ledgerClient, next *uint64, head uint64, follow, asJSON bool) error {
+// Reconnect backoff of chain blocks --follow: it doubles while attempts
+// fail and starts again from the bottom once a stream has delivered a
+// block, so a follower that was fine for an hour reconnects at once.
+const (
+	followBackoffMin = 100 * time.Millisecond
+	followBackoffMax = 5 * time.Second
+)
+
+type backoff struct{ cur time.Duration }
+
+// next is how long to wait before the next attempt.
+func (b *backoff) next() time.Duration {
+	b.cur = min(max(2*b.cur, followBackoffMin), followBackoffMax)
+	return b.cur
+}
+
+func (b *backoff) reset() { b.cur = 0 }
+
+// blockFollower streams blocks to out, falling back to another replica
+// when one lacks the blocks asked for.
+type blockFollower struct {
+	out            io.Writer
+	peers          *ledgerPeers
+	follow, asJSON bool
+	// sleep waits d, or returns false when ctx ends first.
+	sleep func(ctx context.Context, d time.Duration) bool
+}
+
+// lacksBlocks reports whether a replica answered that it does not hold the
+// blocks asked for: a replica that joined from a snapshot holds blocks only
+// from some height on and answers OutOfRange (or NotFound) below it.
+// Another replica may hold them.
+func lacksBlocks(err error) bool {
+	switch status.Code(err) {
+	case codes.OutOfRange, codes.NotFound:
+		return true
+	}
+	return false
+}
+
+func (f *blockFollower) run(ctx context.Context, from uint64) error {
+	next := max(from, 1) // there is no block 0 to stream
+	var (
+		head    uint64 // without follow: stop after this height
+		haveEnd bool
+		wait    backoff
+		avoid   uint64 // the replica that failed last: tried last
+	)
+	// Replicas that lack block `next`, with what they said.
+	lacking, lackingAt := map[uint64]string{}, next
+	skip := func(r *ledgerv1.Replica) bool { _, ok := lacking[r.GetRaftId()]; return ok }
+	for {
+		if next != lackingAt {
+			clear(lacking)
+			lackingAt = next
+		}
+		c, err := f.peers.dial(ctx, skip, avoid)
+		if err != nil && len(lacking) > 0 {
+			var why []string
+			for id, msg := range lacking {
+				why = append(why, fmt.Sprintf("replica %d: %s", id, msg))
+			}
+			slices.Sort(why)
+			if !slices.ContainsFunc(f.peers.candidates(), func(r *ledgerv1.Replica) bool { return !skip(r) }) {
+				// Waiting will not help: replicas do not grow blocks below
+				// their first.
+				return fmt.Errorf("no replica has block %d: %s", next, strings.Join(why, "; "))
+			}
+			err = fmt.Errorf("%w; the replicas that answered lack block %d: %s", err, next, strings.Join(why, "; "))
+		}
+		if err == nil {
+			if !f.follow && !haveEnd {
+				head, haveEnd = c.status.GetHead().GetHeight(), true
+			}
+			if !f.follow && next > head {
+				c.Close()
+				return nil
+			}
+			before := next
+			err = f.stream(ctx, c, &next, head)
+			c.Close()
+			switch {
+			case err == nil:
+				return nil
+			case ctx.Err() != nil:
+				return nil
+			case lacksBlocks(err):
+				lacking[c.replica.GetRaftId()] = status.Convert(err).Message()
+				continue // ask another replica now
+			}
+			avoid = c.replica.GetRaftId()
+			if next > before {
+				wait.reset()
+			}
+			err = rpcError("blocks", err)
+		}
+		if !f.follow {
+			return err
+		}
+		if !f.sleep(ctx, wait.next()) {
+			return nil
+		}
+	}
+}
+
+// stream prints blocks from *next until the stream ends (its error),
+// ctx ends, or — without follow — head is printed (nil).
+func (f *blockFollower) stream(ctx context.Context, c *ledgerClient, next *uint64, head uint64) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := c.StreamBlocks(ctx, &ledgerv1.StreamBlocksRequest{FromHeight: *next})
 	if err != nil {
-		return rpcError("blocks", err)
+		return err
 	}
 	for {
 		b, err := stream.Recv()
@@ -458,22 +626,25 @@ func streamFrom(ctx context.Context, g *globals, c *ledgerClient, next *uint64, 
 			if ctx.Err() != nil {
 				return nil
 			}
-			return rpcError("blocks", err)
+			return err
 		}
 		h := b.GetBlock().GetHeader()
-		if asJSON {
-			if err := writeJSON(g.stdout, map[string]any{
+		if h.GetHeight() != *next {
+			return status.Errorf(codes.DataLoss, "replica %d sent block %d, want %d", c.replica.GetRaftId(), h.GetHeight(), *next)
+		}
+		if f.asJSON {
+			if err := writeJSON(f.out, map[string]any{
 				"height": h.GetHeight(), "hash": hex.EncodeToString(b.GetHash()), "time": time.Unix(0, h.GetTime()).UTC(),
 				"epoch": h.GetEpoch(), "txs": len(b.GetBlock().GetTxs()),
 			}); err != nil {
 				return err
 			}
 		} else {
-			fmt.Fprintf(g.stdout, "%d %s %s epoch %d txs %d\n", h.GetHeight(), hex.EncodeToString(b.GetHash()),
+			fmt.Fprintf(f.out, "%d %s %s epoch %d txs %d\n", h.GetHeight(), hex.EncodeToString(b.GetHash()),
 				time.Unix(0, h.GetTime()).UTC().Format(time.RFC3339Nano), h.GetEpoch(), len(b.GetBlock().GetTxs()))
 		}
 		*next = h.GetHeight() + 1
-		if !follow && h.GetHeight() >= head {
+		if !f.follow && h.GetHeight() >= head {
 			return nil
 		}
 	}
