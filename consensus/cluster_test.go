@@ -88,6 +88,21 @@ func (a *kvApplier) Apply(entries []Entry) ([]any, error) {
 	return results, nil
 }
 
+// CheckConfChange refuses to add a replica whose key "refuse-add-<id>"
+// is set, so tests can see a refused membership change.
+func (a *kvApplier) CheckConfChange(add bool, replica uint64) error {
+	v, err := get(a.db, fmt.Appendf(slices.Clone(kvPrefix), "refuse-add-%d", replica))
+	if err != nil {
+		return err
+	}
+	if add && v != nil {
+		return fmt.Errorf("%w: replica %d", errRefusedAdd, replica)
+	}
+	return nil
+}
+
+var errRefusedAdd = errors.New("kv: adding this replica is refused")
+
 func (a *kvApplier) AppliedIndex() uint64 {
 	a.mu.Lock()
 	defer a.mu.Unlock()

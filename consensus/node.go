@@ -63,6 +63,16 @@ type Applier interface {
 	Restore(data []byte, index uint64) error
 }
 
+// ConfChangeChecker is an optional interface of an Applier. Before a
+// committed membership change proposed with AddReplica or RemoveReplica is
+// applied, CheckConfChange may refuse it, from the Applier's state as of
+// the entries before it (so every replica decides alike). A refused change
+// is applied as a no-op (raft ignores a change for replica ID 0, which is
+// what it becomes), and the call that proposed it returns the error.
+type ConfChangeChecker interface {
+	CheckConfChange(add bool, replica uint64) error
+}
+
 // Transport carries raft messages to other replicas. Received messages are
 // fed to the destination's Node.Step.
 type Transport interface {
@@ -663,11 +673,18 @@ func (n *Node) applyConfChange(e *pb.Entry) error {
 	var (
 		cc      pb.ConfChangeI
 		context []byte
+		refused error
 	)
 	if e.GetType() == pb.EntryConfChange {
 		var c pb.ConfChange
 		if err := proto.Unmarshal(e.GetData(), &c); err != nil {
 			return fmt.Errorf("consensus: decode conf change %d: %w", e.GetIndex(), err)
+		}
+		if err := n.checkConfChange(&c); err != nil {
+			n.log.Warn("membership change refused by the state machine; applied as a no-op",
+				"index", e.GetIndex(), "type", c.GetType(), "replica", c.GetNodeId(), "err", err)
+			c.NodeId = new(uint64(0))
+			refused = err
 		}
 		cc, context = &c, c.GetContext()
 	} else {
@@ -698,7 +715,23 @@ func (n *Node) applyConfChange(e *pb.Entry) error {
 		n.removed = true
 	}
 	if replica, req, _, err := decodeEnvelope(context); err == nil && replica == n.cfg.ID {
-		n.waits.trigger(req, result{index: e.GetIndex()})
+		n.waits.trigger(req, result{index: e.GetIndex(), err: refused})
+	}
+	return nil
+}
+
+// checkConfChange asks the Applier, if it is a ConfChangeChecker, about a
+// single add or remove (the only changes Node proposes).
+func (n *Node) checkConfChange(c *pb.ConfChange) error {
+	checker, ok := n.app.(ConfChangeChecker)
+	if !ok || c.GetNodeId() == 0 {
+		return nil
+	}
+	switch c.GetType() {
+	case pb.ConfChangeType_ConfChangeAddNode:
+		return checker.CheckConfChange(true, c.GetNodeId())
+	case pb.ConfChangeType_ConfChangeRemoveNode:
+		return checker.CheckConfChange(false, c.GetNodeId())
 	}
 	return nil
 }

@@ -371,6 +371,31 @@ func TestRemovedReplicaCannotDisturb(t *testing.T) {
 	}
 }
 
+// TestConfChangeRefusedByApplier: an Applier that is a ConfChangeChecker
+// can refuse a committed membership change at apply time; it becomes a
+// no-op on every replica and AddReplica returns the refusal.
+func TestConfChangeRefusedByApplier(t *testing.T) {
+	c := newCluster(t, 3)
+	lead := c.leader()
+	c.propose(lead, "refuse-add-9", "1")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.reps[lead].node.AddReplica(ctx, 9); !errors.Is(err, errRefusedAdd) {
+		t.Fatalf("AddReplica(9) = %v, want the Applier's refusal", err)
+	}
+	idx := c.propose(lead, "after", "refusal")
+	c.agree(idx)
+	for _, id := range c.alive() {
+		if v := c.reps[id].node.Status().Voters; len(v) != 3 || slices.Contains(v, 9) {
+			t.Errorf("replica %d voters = %v", id, v)
+		}
+	}
+	// Other changes still go through.
+	if err := c.reps[lead].node.RemoveReplica(ctx, lead%3+1); err != nil {
+		t.Fatalf("RemoveReplica after a refused change: %v", err)
+	}
+}
+
 // TestSingleReplicaLifecycle: a one-replica cluster commits on its own;
 // after Run returns, every call fails with ErrStopped instead of hanging, and
 // a Node cannot be run twice.

@@ -41,7 +41,8 @@ func grpcError(err error) error {
 		code = codes.InvalidArgument
 	case errors.Is(err, market.ErrStaleNonce), errors.Is(err, market.ErrFutureNonce),
 		errors.Is(err, market.ErrInsufficientFunds), errors.Is(err, market.ErrUnknownAccount),
-		errors.Is(err, market.ErrExpired), errors.Is(err, ErrNonceTaken), errors.Is(err, ErrTooFarAhead):
+		errors.Is(err, market.ErrExpired), errors.Is(err, ErrNonceTaken), errors.Is(err, ErrTooFarAhead),
+		errors.Is(err, ErrRemovedID):
 		code = codes.FailedPrecondition
 	case errors.Is(err, market.ErrTooLarge), errors.Is(err, ErrMempoolFull):
 		code = codes.ResourceExhausted
@@ -441,10 +442,16 @@ func (a *adminAPI) AddReplica(ctx context.Context, req *ledgerv1.AddReplicaReque
 	case req.GetAddress() == "":
 		return nil, status.Error(codes.InvalidArgument, "ledger: address is empty; give the new replica's host:port")
 	}
+	// Check against every change committed so far, not this replica's
+	// possibly lagging state. (The applier checks again when the entries
+	// apply, which also covers a removal racing this call.)
+	if _, err := a.n.raft.LinearizableRead(ctx); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "ledger: cannot confirm the current membership (no leader?): %v; retry", err)
+	}
 	if _, removed, err := (reader{a.n.db}).Get(removedKey(id)); err != nil {
 		return nil, grpcError(err)
 	} else if removed {
-		return nil, status.Errorf(codes.FailedPrecondition, "ledger: raft ID %d was removed from this cluster and cannot be used again (a new replica replaying the log would apply its removal); pick an unused ID", id)
+		return nil, grpcError(fmt.Errorf("%w (raft ID %d)", ErrRemovedID, id))
 	}
 	for _, m := range a.n.members() {
 		if m.GetRaftId() == id && m.GetPeerId() != pid.String() {
@@ -509,8 +516,11 @@ func (n *Node) proposeMember(ctx context.Context, c *ledgerv1.ReplicaChange) err
 	}
 	for {
 		actx, cancel := context.WithTimeout(ctx, 10*n.electionTimeout())
-		_, err := n.raft.Propose(actx, append([]byte{kindMember}, b...))
+		out, err := n.raft.Propose(actx, append([]byte{kindMember}, b...))
 		cancel()
+		if o, ok := out.(*memberOutcome); ok && o.err != nil {
+			return grpcError(o.err)
+		}
 		if err == nil || applied() {
 			return nil
 		}

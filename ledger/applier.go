@@ -27,6 +27,15 @@ const (
 // that can.
 var ErrUnknownEntry = errors.New("ledger: unknown log entry kind; upgrade this replica")
 
+// ErrRemovedID refuses a raft ID that was removed from the cluster: it is
+// never used again, because a replica joining later replays the log from
+// its start and would apply the old removal to itself.
+var ErrRemovedID = errors.New("ledger: this raft ID was removed from the cluster and cannot be used again (a new replica replaying the log would apply its removal); pick an unused ID")
+
+// memberOutcome is the Applier's result for a member entry: err is set
+// when the change was refused (and nothing was written).
+type memberOutcome struct{ err error }
+
 // blockOutcome is the Applier's result for a block entry, handed back to
 // the producer that proposed it.
 type blockOutcome struct {
@@ -110,7 +119,21 @@ func (a *applier) applyOne(e consensus.Entry) (any, error) {
 			if err := proto.Unmarshal(payload, &c); err != nil {
 				return nil, fmt.Errorf("ledger: member entry at log index %d: %w", e.Index, err)
 			}
+			// Checked here, at apply time, from the state every replica
+			// has at this index: a check at the API alone could read a
+			// replica's state before it applied a removal.
+			removed := false
+			if id := c.GetPut().GetRaftId(); id != 0 {
+				_, was, err := (reader{a.db}).Get(removedKey(id))
+				if err != nil {
+					return nil, err
+				}
+				removed = was
+			}
 			switch {
+			case removed:
+				a.log.Warn("refusing to record a removed raft ID", "raft_id", c.GetPut().GetRaftId(), "index", e.Index)
+				result = &memberOutcome{err: fmt.Errorf("%w (raft ID %d)", ErrRemovedID, c.GetPut().GetRaftId())}
 			case c.GetPut() != nil:
 				v, err := proto.MarshalOptions{Deterministic: true}.Marshal(c.GetPut())
 				if err != nil {
@@ -127,7 +150,10 @@ func (a *applier) applyOne(e consensus.Entry) (any, error) {
 					return nil, err
 				}
 			}
-			memberChg = true
+			memberChg = !removed
+			if result == nil {
+				result = &memberOutcome{}
+			}
 		default:
 			return nil, fmt.Errorf("%w: kind %#x at log index %d", ErrUnknownEntry, kind, e.Index)
 		}
@@ -155,6 +181,24 @@ func (a *applier) applyOne(e consensus.Entry) (any, error) {
 	}
 	return result, nil
 }
+
+// CheckConfChange implements consensus.ConfChangeChecker: adding a removed
+// raft ID is refused when the conf change applies, whatever the API saw.
+func (a *applier) CheckConfChange(add bool, id uint64) error {
+	if !add {
+		return nil
+	}
+	_, removed, err := (reader{a.db}).Get(removedKey(id))
+	if err != nil {
+		return err
+	}
+	if removed {
+		return fmt.Errorf("%w (raft ID %d)", ErrRemovedID, id)
+	}
+	return nil
+}
+
+var _ consensus.ConfChangeChecker = (*applier)(nil)
 
 // Snapshot implements consensus.Applier.
 func (a *applier) Snapshot() ([]byte, error) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -169,6 +170,21 @@ func TestJoinAndRemove(t *testing.T) {
 	_, err = c.adminAPI(1).AddReplica(ctx, &ledgerv1.AddReplicaRequest{RaftId: 3, PeerId: c.reps[3].key.PeerID().String(), Address: "127.0.0.1:1"})
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "cannot be used again") {
 		t.Fatalf("re-adding removed raft ID 3: %v", err)
+	}
+	// Past the API's check (as if it had read a lagging state), the
+	// entries themselves are refused when they apply.
+	err = c.reps[2].node.proposeMember(ctx, &ledgerv1.ReplicaChange{Change: &ledgerv1.ReplicaChange_Put{Put: &ledgerv1.Replica{
+		RaftId: 3, PeerId: c.reps[3].key.PeerID().String(), Address: "127.0.0.1:1"}}})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "cannot be used again") {
+		t.Fatalf("member entry for removed raft ID 3: %v", err)
+	}
+	if err := c.reps[2].node.raft.AddReplica(ctx, 3); !errors.Is(err, ErrRemovedID) {
+		t.Fatalf("conf change adding removed raft ID 3: %v", err)
+	}
+	for _, r := range c.running() {
+		if v := r.node.raft.Status().Voters; slices.Contains(v, 3) {
+			t.Fatalf("replica %d lists removed raft ID 3 as a voter: %v", r.id, v)
+		}
 	}
 	c.agree()
 	checkMembers := func(when string) {
