@@ -113,6 +113,14 @@
 // terms and a leader that lost its quorum steps down. A replica that applies
 // its own removal stops: Run returns ErrRemoved.
 //
+// An Applier that also implements [ConfChangeChecker] may refuse a
+// committed change when it applies (the ledger refuses to add back a raft
+// ID it removed). The decision comes from the Applier's state as of the
+// entries before the change, so every replica makes the same one; a
+// refused change is applied as a no-op (its replica ID replaced with 0,
+// which raft ignores) and the AddReplica or RemoveReplica call returns the
+// refusal.
+//
 // Every applied membership change is followed at once by a snapshot, and
 // LogStore.Snapshot withholds (raft.ErrSnapshotTemporarilyUnavailable) a
 // snapshot older than the latest membership: a replica added after the last
