@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"slices"
 	"sync"
@@ -93,6 +94,10 @@ type Config struct {
 	// DrainTimeout bounds the gRPC drain on shutdown (daemon default when
 	// zero).
 	DrainTimeout time.Duration
+	// Dialer, if set, opens this replica's connections to the other
+	// replicas (raft transport, forwarded txs): to go through a proxy, or,
+	// in tests, through a network that can be partitioned. Default: TCP.
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 func (c *Config) withDefaults() Config {
@@ -270,7 +275,7 @@ func New(cfg Config) (_ *Node, err error) {
 		pid, _ := peer.Decode(r.GetPeerId())
 		tpeers[id] = transport.Peer{PeerID: pid, Addr: r.GetAddress()}
 	}
-	n.tr, err = transport.New(transport.Config{ID: cfg.RaftID, Cert: n.cert, Peers: tpeers, Logger: n.log})
+	n.tr, err = transport.New(transport.Config{ID: cfg.RaftID, Cert: n.cert, Peers: tpeers, Logger: n.log, Dialer: cfg.Dialer})
 	if err != nil {
 		return nil, err
 	}
@@ -560,7 +565,11 @@ func (n *Node) conn(id uint64) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	cc, err := daemon.Dial(r.GetAddress(), n.cert, pid)
+	var opts []grpc.DialOption
+	if n.cfg.Dialer != nil {
+		opts = append(opts, grpc.WithContextDialer(n.cfg.Dialer))
+	}
+	cc, err := daemon.Dial(r.GetAddress(), n.cert, pid, opts...)
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -117,6 +118,10 @@ type Config struct {
 	DialTimeout time.Duration
 	// SnapshotTimeout bounds sending one snapshot. Default 10m.
 	SnapshotTimeout time.Duration
+	// Dialer, if set, opens the connections to peers (addr is a Peer.Addr
+	// without any resolver scheme): to reach them through a proxy, or, in
+	// tests, through a network that can be partitioned. Default: TCP.
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 func (c Config) withDefaults() Config {
@@ -510,11 +515,15 @@ func (t *Transport) dial(p Peer) (*grpc.ClientConn, error) {
 	if !strings.Contains(target, ":///") {
 		target = "passthrough:///" + target
 	}
-	return grpc.NewClient(target,
+	opts := []grpc.DialOption{
 		t.cfg.Cert.DialOption(p.PeerID),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.DefaultConfig, MinConnectTimeout: t.cfg.DialTimeout}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<20), grpc.MaxCallSendMsgSize(MaxMessageBytes+1<<20)),
-	)
+	}
+	if t.cfg.Dialer != nil {
+		opts = append(opts, grpc.WithContextDialer(t.cfg.Dialer))
+	}
+	return grpc.NewClient(target, opts...)
 }
 
 // Close stops every sender and snapshot (their done gets ErrClosed), cuts

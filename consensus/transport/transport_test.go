@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -606,5 +607,36 @@ func TestSilentCallerTimesOut(t *testing.T) {
 	// No hello: the receiver gives up instead of holding the call.
 	if _, err := st.Recv(); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("silent stream ended with %v, want InvalidArgument", err)
+	}
+}
+
+// TestDialerCarriesTraffic: with Config.Dialer set, every connection to a
+// peer goes through it; one that refuses keeps the peer unreachable.
+func TestDialerCarriesTraffic(t *testing.T) {
+	var dials atomic.Int64
+	var refuse atomic.Bool
+	nodes := newNodes(t, 2, func(c *Config) {
+		c.Dialer = func(ctx context.Context, addr string) (net.Conn, error) {
+			dials.Add(1)
+			if refuse.Load() {
+				return nil, errors.New("test: link cut")
+			}
+			return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		}
+	})
+	a, b := nodes[0], nodes[1]
+	a.waitConnected(2)
+	a.tr.Send([]*pb.Message{app(1, 2, 1)})
+	waitFor(t, 10*time.Second, "the message", func() bool { return b.rec.count() == 1 })
+	if dials.Load() == 0 {
+		t.Fatal("the transport did not dial through Config.Dialer")
+	}
+	refuse.Store(true)
+	b.restartServer() // cuts the open stream; the redial is refused
+	waitFor(t, 10*time.Second, "the stream to drop", func() bool { return !a.tr.Connected(2) })
+	before := dials.Load()
+	waitFor(t, 10*time.Second, "redials through the Dialer", func() bool { return dials.Load() > before+1 })
+	if a.tr.Connected(2) {
+		t.Fatal("connected although the Dialer refuses")
 	}
 }
