@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"github.com/ipfs/go-cid"
 	"github.com/multiformats/go-multihash"
@@ -362,4 +364,229 @@ func TestCommitterConstantMemory(t *testing.T) {
 		t.Fatalf("streaming %d MiB allocated %d bytes (limit %d)", total>>20, allocated, limit)
 	}
 	t.Logf("streaming %d MiB allocated %d KiB; layers hold %d nodes", total>>20, allocated>>10, len(l.level[0]))
+}
+
+// nodeRecorder is a CommitterOptions.Nodes target that keeps what it is
+// given and checks the promised order: each node once, increasing, except
+// that node 0 may come last.
+type nodeRecorder struct {
+	t      *testing.T
+	b      []byte
+	next   uint64 // the next node expected in order
+	got0   bool
+	writes int
+}
+
+func (w *nodeRecorder) WriteAt(p []byte, off int64) (int, error) {
+	w.t.Helper()
+	w.writes++
+	if len(p)%32 != 0 || off%32 != 0 {
+		w.t.Fatalf("write of %d bytes at %d: not whole nodes", len(p), off)
+	}
+	first := uint64(off / 32)
+	switch {
+	case first == 0 && w.next <= 1 && !w.got0:
+		// node 0 first (plain), or node 0 last (deferred) before any other
+		w.got0 = true
+		if w.next == 0 {
+			w.next = uint64(len(p) / 32)
+		}
+	case first == 0:
+		w.got0 = true // node 0 last, after the others
+		if len(p) != 32 {
+			w.t.Fatalf("late node 0 written with %d more", len(p)/32-1)
+		}
+	case first == max(w.next, 1):
+		w.next = first + uint64(len(p)/32)
+	default:
+		w.t.Fatalf("nodes written out of order: %d..%d after %d", first, first+uint64(len(p)/32), w.next)
+	}
+	if end := int(off) + len(p); end > len(w.b) {
+		w.b = append(w.b, make([]byte, end-len(w.b))...)
+	}
+	copy(w.b[off:], p)
+	return len(p), nil
+}
+
+// TestCommitterEmitsLayers: with CommitterOptions.Nodes, the nodes written
+// out, behind LayersHeader, are byte for byte the in-memory Layers'
+// MarshalBinary, with and without a deferred prefix, for every boundary
+// size and write split.
+func TestCommitterEmitsLayers(t *testing.T) {
+	r := rand.New(rand.NewPCG(41, 42))
+	for _, prefixLen := range []int{-1, 0, 1, 57, LeafSize} { // -1: not deferred
+		for _, size := range edgeSizes {
+			if prefixLen > size {
+				continue
+			}
+			data := randBytes(r, size)
+			want, wl, err := CommitBytesLayers(data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantBytes := layersBytes(t, wl)
+			for _, maxWrite := range []int{1 + r.IntN(5000), zeroCopyMin + chunkSize} {
+				rec := &nodeRecorder{t: t}
+				c, err := NewCommitterWith(CommitterOptions{Deferred: prefixLen >= 0, PrefixLen: max(prefixLen, 0), Nodes: rec})
+				if err != nil {
+					t.Fatal(err)
+				}
+				var got Commitment
+				var l *Layers
+				if prefixLen >= 0 {
+					writeSplit(t, c, r, data[prefixLen:], maxWrite)
+					got, l, err = c.FinishWithPrefix(data[:prefixLen])
+				} else {
+					writeSplit(t, c, r, data, maxWrite)
+					got, l, err = c.Finish()
+				}
+				if err != nil || l != nil {
+					t.Fatalf("size %d prefix %d: Finish = %v, layers %v", size, prefixLen, err, l)
+				}
+				hdr, err := LayersHeader(got)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got != want || !bytes.Equal(append(hdr, rec.b...), wantBytes) {
+					t.Fatalf("size %d prefix %d writes ≤ %d: emitted %v and %d node bytes, in memory %v and %d", size, prefixLen, maxWrite, got, len(rec.b), want, len(wantBytes)-len(hdr))
+				}
+				if back, err := UnmarshalLayers(append(hdr, rec.b...)); err != nil || back.Commitment() != want {
+					t.Fatalf("size %d: emitted layers do not load: %v", size, err)
+				}
+			}
+		}
+	}
+	if _, err := NewCommitterWith(CommitterOptions{PrefixLen: 3}); !errors.Is(err, ErrUsage) {
+		t.Errorf("prefix without Deferred: %v", err)
+	}
+	if _, err := NewCommitterWith(CommitterOptions{Deferred: true, PrefixLen: LeafSize + 1}); !errors.Is(err, ErrUsage) {
+		t.Errorf("prefix over one leaf: %v", err)
+	}
+}
+
+type failingNodes struct{ after int }
+
+var errDiskFull = errors.New("disk full")
+
+func (f *failingNodes) WriteAt(p []byte, off int64) (int, error) {
+	if f.after -= len(p); f.after < 0 {
+		return 0, errDiskFull
+	}
+	return len(p), nil
+}
+
+// TestCommitterNodesWriteError: a failing Nodes writer fails the Write or
+// Finish that hit it, and every call after.
+func TestCommitterNodesWriteError(t *testing.T) {
+	data := randBytes(rand.New(rand.NewPCG(43, 44)), 6*chunkSize)
+	c, _ := NewCommitterWith(CommitterOptions{Deferred: true, PrefixLen: 100, Nodes: &failingNodes{after: 40 * 32}})
+	var err error
+	for off := 100; off < len(data) && err == nil; off += 64 << 10 {
+		_, err = c.Write(data[off:min(off+64<<10, len(data))])
+	}
+	if err == nil {
+		_, _, err = c.FinishWithPrefix(data[:100])
+	}
+	if !errors.Is(err, errDiskFull) {
+		t.Fatalf("failing node writer: %v", err)
+	}
+	if _, err := c.Write([]byte{1}); err == nil {
+		t.Fatal("Write after a node write error succeeded")
+	}
+	c.Abort()
+}
+
+// TestCommitterEmittingMemoryIsConstant streams pieces of 32 and 256 MiB
+// with a deferred prefix (as the store does) and the nodes going to a
+// writer: the committer allocates the same whatever the size — chunk
+// buffers, jobs and a frontier — with no term in the piece size at all.
+func TestCommitterEmittingMemoryIsConstant(t *testing.T) {
+	const write = 256 << 10
+	buf := make([]byte, write)
+	run := func(total int) uint64 {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		c, _ := NewCommitterWith(CommitterOptions{Deferred: true, PrefixLen: 60, Nodes: &failingNodes{after: 1 << 62}})
+		for off := 60; off < total; off += write {
+			for i := 0; i < write; i += 8 {
+				binary.LittleEndian.PutUint64(buf[i:], uint64(off+i))
+			}
+			c.Write(buf[:min(write, total-off)])
+		}
+		if _, l, err := c.FinishWithPrefix(make([]byte, 60)); err != nil || l != nil {
+			t.Fatal(err)
+		}
+		runtime.ReadMemStats(&after)
+		return after.TotalAlloc - before.TotalAlloc
+	}
+	small, large := run(32<<20), run(256<<20)
+	limit := uint64(runtime.GOMAXPROCS(0)+2)*chunkSize + 256<<10
+	t.Logf("allocated %d KiB for 32 MiB, %d KiB for 256 MiB (limit %d KiB for any size)", small>>10, large>>10, limit>>10)
+	if small > limit || large > limit {
+		t.Fatalf("allocated %d and %d bytes, limit %d", small, large, limit)
+	}
+	// 8× the piece, at most 16 KiB more: 32 B per 64 KiB would be 112 KiB.
+	if large > small+16<<10 {
+		t.Fatalf("256 MiB allocated %d bytes, 32 MiB %d: memory grows with the piece", large, small)
+	}
+}
+
+// TestCommitterStopsItsWorkers: Write may leave chunks hashing on worker
+// goroutines, but none is left once Finish, FinishWithPrefix or Abort
+// returns. synctest fails the test if any goroutine the bubble started is
+// still blocked when it ends.
+func TestCommitterStopsItsWorkers(t *testing.T) {
+	data := randBytes(rand.New(rand.NewPCG(45, 46)), 5*chunkSize+77)
+	for name, end := range map[string]func(c *Committer){
+		"Abort":            func(c *Committer) { c.Abort() },
+		"Abort twice":      func(c *Committer) { c.Abort(); c.Abort() },
+		"Finish":           func(c *Committer) { c.Finish() },
+		"Finish, Abort":    func(c *Committer) { c.Finish(); c.Abort() },
+		"Abort, Finish":    func(c *Committer) { c.Abort(); c.Finish() },
+		"FinishWithPrefix": func(c *Committer) { c.FinishWithPrefix(nil) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var c *Committer
+				if name == "FinishWithPrefix" {
+					c = NewCommitterDeferred(0)
+				} else {
+					c = NewCommitter()
+				}
+				for off := 0; off < len(data); off += 300 << 10 {
+					c.Write(data[off:min(off+300<<10, len(data))])
+				}
+				end(c)
+				if _, err := c.Write([]byte{1}); !errors.Is(err, ErrUsage) {
+					t.Errorf("Write after the end: %v", err)
+				}
+			})
+		})
+	}
+}
+
+// TestAbandonedCommitterWorkersExit: a Committer dropped mid-stream, never
+// finished or aborted, has its workers stopped once it is collected.
+func TestAbandonedCommitterWorkersExit(t *testing.T) {
+	abandon()
+	deadline := time.Now().Add(20 * time.Second)
+	for n := workerGoroutines(); n > 0; n = workerGoroutines() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d committer workers still running after the committer was dropped", n)
+		}
+		runtime.GC()
+		runtime.Gosched()
+	}
+}
+
+//go:noinline
+func abandon() {
+	c := NewCommitter()
+	c.Write(make([]byte, 3*chunkSize))
+}
+
+func workerGoroutines() int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	return bytes.Count(buf, []byte("(*workerPool).run"))
 }

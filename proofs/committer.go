@@ -2,11 +2,15 @@ package proofs
 
 import (
 	"fmt"
+	"io"
+	"math/bits"
 	"runtime"
+	"sync"
+	"sync/atomic"
 )
 
 // chunkSize is the unit of parallel work: the committer hashes each chunk
-// up to the stored level on its own goroutine. 1 MiB amortises the goroutine
+// up to the stored level on a worker goroutine. 1 MiB amortises the
 // hand-off (~1 µs) against ~600 µs of hashing and keeps working memory at a
 // few MiB.
 const chunkSize = 1 << 20
@@ -15,27 +19,69 @@ const chunkSize = 1 << 20
 // from the caller's slice (and Write waits for them) instead of being copied.
 const zeroCopyMin = 8 * chunkSize
 
-// Committer computes a piece commitment and its Layers from a stream of piece
-// bytes. It is an io.Writer; memory use is a few chunk buffers plus the
-// stored layer (32 bytes per StoredSubtreeSize written). A Committer is not
-// safe for concurrent use; its hashing goroutines never outlive a call.
+// Committer computes a piece commitment and its stored layer from a stream
+// of piece bytes. It is an io.Writer.
+//
+// Memory: a few chunk buffers, a frontier of O(log size) hashes for the
+// root, and — unless CommitterOptions.Nodes takes them — the stored level
+// (32 bytes per StoredSubtreeSize written), which Finish returns as Layers.
+// With Nodes set, memory does not grow with the piece.
+//
+// Goroutines: chunks are hashed by up to GOMAXPROCS worker goroutines, which
+// keep hashing buffered chunks between calls so that small writes still use
+// every core. Finish, FinishWithPrefix and Abort stop them before
+// returning; a Committer that is dropped without either has its workers
+// stopped once it is garbage collected. A Committer is not safe for
+// concurrent use.
 type Committer struct {
-	s        *shape
-	written  uint64 // stream offset, including a deferred prefix
-	buf      []byte // current chunk, len = bytes buffered
-	free     [][]byte
-	pending  []*chunkJob // dispatched, in stream order
-	inflight int         // max len(pending)
-	base     []Hash      // stored-level nodes of completed chunks
-	scratch  []Hash
-	lh       *leafHasher
+	s       *shape
+	written uint64 // stream offset, including a deferred prefix
+	buf     []byte // current chunk, len = bytes buffered
+	free    [][]byte
+	jobs    []*chunkJob // idle job records
+	ring    []*chunkJob // dispatched, in stream order: ring[head:head+n] mod len
+	head, n int
+	pool    *workerPool // nil until the first dispatch
+	scratch []Hash
+	lh      *leafHasher
+
+	// The stored level: nodes completed so far, their frontier (frontier[k]
+	// is the complete left node at height storedLevel+k while bit k of
+	// count is set) and where they go.
+	count    uint64
+	frontier []Hash
+	out      io.WriterAt // nil: keep them in base
+	base     []Hash
+	emitBuf  []byte
 
 	deferred  bool
 	prefixLen int
+	hold0     bool   // stored node 0 is a placeholder until the prefix is known
 	leaf0     []byte // deferred: the first leaf as streamed (prefix zeroed)
-	spine     []Hash // deferred: right siblings of leaf 0 up to the stored level
+	leafSpine []Hash // deferred: right siblings of leaf 0 up to the stored level
+	nodeSpine []Hash // deferred: right siblings of node 0's ancestors above it
 
+	err      error // first emission error; the committer is then unusable
 	finished bool
+}
+
+// CommitterOptions configure NewCommitterWith.
+type CommitterOptions struct {
+	// Deferred says the piece's first PrefixLen bytes (0..LeafSize) are
+	// supplied only at the end, to FinishWithPrefix; Write receives the
+	// bytes from offset PrefixLen on. The committer keeps one leaf and a
+	// few hashes extra, never the piece.
+	Deferred  bool
+	PrefixLen int
+	// Nodes, if set, receives the stored level as it is computed instead of
+	// the committer keeping it: node i, 32 bytes, at offset 32·i. Nodes are
+	// written in increasing order, each once, except that with Deferred,
+	// node 0 (which covers the prefix) is written last, by
+	// FinishWithPrefix. Finish then returns nil Layers, and
+	// LayersHeader(commitment) followed by the nodes is exactly what
+	// Layers.MarshalBinary would have produced. A write error fails the
+	// Write or Finish that made it.
+	Nodes io.WriterAt
 }
 
 type chunkJob struct {
@@ -44,45 +90,106 @@ type chunkJob struct {
 	out   []Hash
 	n     int
 	spine []Hash
-	done  chan struct{}
+	done  chan struct{} // one token per completed hashing
 }
 
-// NewCommitter returns a committer for a piece streamed from offset 0.
+// workerPool is the committer's hashing goroutines. It holds nothing of the
+// Committer, so a dropped Committer can be collected and its cleanup can
+// stop the workers.
+type workerPool struct {
+	work    chan *chunkJob
+	wg      sync.WaitGroup
+	once    sync.Once
+	discard atomic.Bool // aborting: finish jobs without hashing them
+}
+
+func newWorkerPool(s *shape, workers int) *workerPool {
+	p := &workerPool{work: make(chan *chunkJob, workers)}
+	p.wg.Add(workers)
+	for range workers {
+		go p.run(s)
+	}
+	return p
+}
+
+func (p *workerPool) run(s *shape) {
+	defer p.wg.Done()
+	lh := newLeafHasher(s)
+	scratch := make([]Hash, 1<<s.storedLevel)
+	for j := range p.work {
+		if !p.discard.Load() {
+			j.n = s.hashSubtrees(lh, j.data, s.storedLevel, j.out, scratch, j.spine)
+		}
+		j.done <- struct{}{}
+	}
+}
+
+func (p *workerPool) close() { p.once.Do(func() { close(p.work) }) }
+
+// stop ends the workers and waits for them.
+func (p *workerPool) stop() {
+	p.close()
+	p.wg.Wait()
+}
+
+// NewCommitter returns a committer for a piece streamed from offset 0 that
+// keeps the stored level for Finish to return.
 func NewCommitter() *Committer { return newCommitter(defaultShape) }
 
 // NewCommitterDeferred returns a committer for a piece whose first prefixLen
 // bytes (at most LeafSize) are supplied only at the end, to
-// FinishWithPrefix; Write receives the bytes from offset prefixLen on. It
-// keeps one leaf and a few hashes extra, never the piece.
+// FinishWithPrefix; Write receives the bytes from offset prefixLen on. An
+// out-of-range prefixLen is reported by FinishWithPrefix, so that the
+// caller's stream is not cut mid-way by an argument error.
 func NewCommitterDeferred(prefixLen int) *Committer {
 	c := newCommitter(defaultShape)
 	if prefixLen < 0 || prefixLen > LeafSize {
-		// Reported by FinishWithPrefix; Write keeps working so the caller's
-		// stream is not cut mid-way by an argument error.
 		prefixLen = -1
 	}
+	c.setDeferred(prefixLen)
+	return c
+}
+
+// NewCommitterWith returns a committer configured by o.
+func NewCommitterWith(o CommitterOptions) (*Committer, error) {
+	if o.PrefixLen < 0 || o.PrefixLen > LeafSize || (o.PrefixLen > 0 && !o.Deferred) {
+		return nil, fmt.Errorf("%w: prefix of %d bytes (deferred %v; at most %d)", ErrUsage, o.PrefixLen, o.Deferred, LeafSize)
+	}
+	c := newCommitter(defaultShape)
+	c.out = o.Nodes
+	if o.Deferred {
+		c.setDeferred(o.PrefixLen)
+	}
+	return c, nil
+}
+
+func (c *Committer) setDeferred(prefixLen int) {
 	c.deferred = true
 	c.prefixLen = prefixLen
 	if prefixLen > 0 {
 		c.buf = c.buf[:prefixLen] // placeholder zeros, filled at the end
 		c.written = uint64(prefixLen)
 	}
-	return c
 }
 
 func newCommitter(s *shape) *Committer {
 	c := &Committer{s: s, lh: newLeafHasher(s)}
-	c.inflight = max(1, runtime.GOMAXPROCS(0))
+	c.ring = make([]*chunkJob, max(1, runtime.GOMAXPROCS(0)))
 	c.buf = make([]byte, 0, chunkSize)
 	c.scratch = make([]Hash, 1<<s.storedLevel)
+	c.frontier = make([]Hash, MaxPieceHeight+1)
 	return c
 }
 
-// Write hashes p as the next bytes of the piece. It never fails except when
-// called after Finish or beyond MaxPieceSize.
+// Write hashes p as the next bytes of the piece. It fails only when called
+// after Finish or Abort, beyond MaxPieceSize, or when writing emitted nodes
+// failed.
 func (c *Committer) Write(p []byte) (int, error) {
 	if c.finished {
-		return 0, fmt.Errorf("%w: Write after Finish", ErrUsage)
+		return 0, fmt.Errorf("%w: Write after Finish or Abort", ErrUsage)
+	}
+	if c.err != nil {
+		return 0, c.err
 	}
 	if c.written+uint64(len(p)) > MaxPieceSize {
 		return 0, fmt.Errorf("%w: piece exceeds %d bytes", ErrTooLarge, MaxPieceSize)
@@ -106,7 +213,7 @@ func (c *Committer) Write(p []byte) (int, error) {
 			c.buf = c.newBuf()
 		}
 	}
-	return total, nil
+	return total, c.err
 }
 
 func (c *Committer) newBuf() []byte {
@@ -118,85 +225,217 @@ func (c *Committer) newBuf() []byte {
 	return make([]byte, 0, chunkSize)
 }
 
-// dispatch starts hashing one chunk (whole chunks only, except the last) on
-// its own goroutine, first waiting for the oldest if too many are running.
+func (c *Committer) newJob() *chunkJob {
+	if n := len(c.jobs); n > 0 {
+		j := c.jobs[n-1]
+		c.jobs = c.jobs[:n-1]
+		return j
+	}
+	return &chunkJob{out: make([]Hash, chunkSize/(c.s.leafSize()<<c.s.storedLevel)), done: make(chan struct{}, 1)}
+}
+
+// dispatch hands one chunk (whole chunks only, except the last) to the
+// workers, first waiting for the oldest if all are busy.
 func (c *Committer) dispatch(data []byte, owned bool) {
 	if !owned {
 		c.written += uint64(len(data))
 	}
-	first := len(c.base) == 0 && len(c.pending) == 0
-	c.drain(c.inflight - 1)
-	j := &chunkJob{data: data, owned: owned, done: make(chan struct{})}
-	j.out = make([]Hash, (len(data)+(c.s.leafSize()<<c.s.storedLevel)-1)>>(c.s.leafShift+c.s.storedLevel))
+	if c.pool == nil {
+		c.pool = newWorkerPool(c.s, len(c.ring))
+		// The workers hold only the pool, so a dropped Committer is
+		// collected and this stops them.
+		runtime.AddCleanup(c, (*workerPool).close, c.pool)
+	}
+	first := !c.hold0 && c.count == 0 && c.n == 0
+	c.drain(len(c.ring) - 1)
+	j := c.newJob()
+	j.data, j.owned, j.spine = data, owned, nil
 	if c.deferred && first {
-		j.spine = make([]Hash, c.s.storedLevel)
+		c.hold0 = true
+		c.leafSpine = make([]Hash, c.s.storedLevel)
+		c.nodeSpine = make([]Hash, MaxPieceHeight)
+		j.spine = c.leafSpine
 		c.leaf0 = append([]byte(nil), data[:min(len(data), c.s.leafSize())]...)
 	}
-	c.pending = append(c.pending, j)
-	s := c.s
-	go func() {
-		lh := newLeafHasher(s)
-		scratch := make([]Hash, 1<<s.storedLevel)
-		j.n = s.hashSubtrees(lh, j.data, s.storedLevel, j.out, scratch, j.spine)
-		close(j.done)
-	}()
+	c.ring[(c.head+c.n)%len(c.ring)] = j
+	c.n++
+	c.pool.work <- j
 }
 
-// drain waits for the oldest jobs until at most keep are pending, folding
-// their results in order.
+// drain waits for the oldest jobs until at most keep are pending, taking
+// their nodes in stream order.
 func (c *Committer) drain(keep int) {
-	for len(c.pending) > keep {
-		j := c.pending[0]
+	for c.n > keep {
+		j := c.ring[c.head]
 		<-j.done
-		c.pending[0] = nil
-		c.pending = c.pending[1:]
-		c.base = append(c.base, j.out[:j.n]...)
-		if j.spine != nil {
-			c.spine = j.spine
-		}
+		c.ring[c.head] = nil
+		c.head = (c.head + 1) % len(c.ring)
+		c.n--
+		c.add(j.out[:j.n])
 		if j.owned {
 			c.free = append(c.free, j.data)
 		}
+		j.data = nil
+		c.jobs = append(c.jobs, j)
 	}
 }
 
-// Finish completes the commitment of a piece started with NewCommitter.
+// add takes the next stored-level nodes: folds them into the frontier and
+// emits them.
+func (c *Committer) add(nodes []Hash) {
+	first := c.count
+	for i := range nodes {
+		c.push(&nodes[i])
+	}
+	if c.hold0 && first == 0 {
+		// Node 0 waits for the prefix; the rest goes out now.
+		if c.out == nil {
+			c.base = append(c.base, Hash{})
+		}
+		nodes, first = nodes[1:], 1
+	}
+	c.emit(first, nodes)
+}
+
+// push adds the next stored-level node to the frontier: it carries up
+// through the complete left nodes it completes, like incrementing a binary
+// counter. While node 0 is a placeholder, the nodes that would be hashed
+// with its ancestors are kept in nodeSpine instead.
+func (c *Committer) push(node *Hash) {
+	i := c.count
+	c.count++
+	cur := *node
+	k := 0
+	for ; i>>k&1 == 1; k++ {
+		if c.hold0 && i>>k == 1 { // the left node is node 0's ancestor
+			c.nodeSpine[k] = cur
+			cur = Hash{}
+		} else {
+			cur = hashNode(&c.frontier[k], &cur)
+		}
+	}
+	c.frontier[k] = cur
+}
+
+// root folds the frontier into the root of a tree of height h (≥ the
+// stored level, holding c.count stored-level nodes).
+func (c *Committer) root(h int) Hash {
+	b := c.s.storedLevel
+	top := h - b
+	if c.count == 0 {
+		return c.s.zero[h]
+	}
+	if c.count == 1<<top {
+		return c.frontier[top]
+	}
+	var cur Hash
+	have := false
+	for k := 0; k < top; k++ {
+		switch {
+		case c.count>>k&1 == 1 && have:
+			cur = hashNode(&c.frontier[k], &cur)
+		case c.count>>k&1 == 1:
+			cur = hashNode(&c.frontier[k], &c.s.zero[b+k])
+			have = true
+		case have:
+			cur = hashNode(&cur, &c.s.zero[b+k])
+		}
+	}
+	return cur
+}
+
+// emit hands nodes, the stored-level nodes from index first on, to the
+// caller's writer or to base.
+func (c *Committer) emit(first uint64, nodes []Hash) {
+	if len(nodes) == 0 || c.err != nil {
+		return
+	}
+	if c.out == nil {
+		if first == uint64(len(c.base)) {
+			c.base = append(c.base, nodes...)
+		} else {
+			copy(c.base[first:], nodes)
+		}
+		return
+	}
+	b := c.emitBuf[:0]
+	for i := range nodes {
+		b = append(b, nodes[i][:]...)
+	}
+	c.emitBuf = b
+	if _, err := c.out.WriteAt(b, int64(32*first)); err != nil {
+		c.err = fmt.Errorf("proofs: writing stored layer nodes: %w", err)
+	}
+}
+
+// Abort stops the committer: its workers end (a chunk being hashed is
+// finished, queued ones are dropped) before Abort returns, and later calls
+// fail with ErrUsage. Abort after Finish, or twice, does nothing.
+func (c *Committer) Abort() {
+	if c.finished {
+		return
+	}
+	c.finished = true
+	if c.pool != nil {
+		c.pool.discard.Store(true)
+		c.drain(0)
+		c.pool.stop()
+	}
+	c.buf, c.free, c.base = nil, nil, nil
+}
+
+// Finish completes the commitment of a piece started without a deferred
+// prefix. Its Layers are nil if CommitterOptions.Nodes took the stored
+// level. Called on a deferred committer it fails with ErrUsage and leaves
+// the committer as it was.
 func (c *Committer) Finish() (Commitment, *Layers, error) {
-	if c.deferred {
+	if c.deferred && !c.finished {
 		return Commitment{}, nil, fmt.Errorf("%w: deferred committer needs FinishWithPrefix", ErrUsage)
 	}
 	return c.finish(nil)
 }
 
-// FinishWithPrefix completes the commitment of a piece started with
-// NewCommitterDeferred(len(prefix)); the result is exactly what NewCommitter
-// fed prefix and then the written bytes would give.
+// FinishWithPrefix completes the commitment of a piece started with a
+// deferred prefix of len(prefix) bytes; the result is exactly what a plain
+// committer fed prefix and then the written bytes would give. Misuse (no
+// deferred prefix, or a prefix of the wrong length) fails with ErrUsage and
+// leaves the committer as it was.
 func (c *Committer) FinishWithPrefix(prefix []byte) (Commitment, *Layers, error) {
-	if !c.deferred {
-		return Commitment{}, nil, fmt.Errorf("%w: FinishWithPrefix on a committer without a deferred prefix", ErrUsage)
-	}
-	if c.prefixLen < 0 || len(prefix) != c.prefixLen {
-		return Commitment{}, nil, fmt.Errorf("%w: prefix of %d bytes, committer expects %d (at most %d)", ErrUsage, len(prefix), c.prefixLen, LeafSize)
+	if !c.finished {
+		if !c.deferred {
+			return Commitment{}, nil, fmt.Errorf("%w: FinishWithPrefix on a committer without a deferred prefix", ErrUsage)
+		}
+		if c.prefixLen < 0 || len(prefix) != c.prefixLen {
+			return Commitment{}, nil, fmt.Errorf("%w: prefix of %d bytes, committer expects %d (at most %d)", ErrUsage, len(prefix), c.prefixLen, LeafSize)
+		}
 	}
 	return c.finish(prefix)
 }
 
 func (c *Committer) finish(prefix []byte) (Commitment, *Layers, error) {
 	if c.finished {
-		return Commitment{}, nil, fmt.Errorf("%w: Finish called twice", ErrUsage)
+		return Commitment{}, nil, fmt.Errorf("%w: Finish called twice or after Abort", ErrUsage)
 	}
-	c.finished = true
 	s := c.s
 	size := c.written
 	h := s.height(size)
-	dispatched := len(c.base) > 0 || len(c.pending) > 0
-	if !dispatched {
+	if c.pool == nil {
 		// Everything is still in buf (less than one chunk): hash it here,
 		// down to the root level if the piece is below the stored level.
+		c.finished = true
 		copy(c.buf, prefix)
 		lb := min(h, s.storedLevel)
 		out := make([]Hash, (len(c.buf)+(s.leafSize()<<lb)-1)>>(s.leafShift+lb))
 		n := s.hashSubtrees(c.lh, c.buf, lb, out, c.scratch, nil)
+		c.buf = nil
+		if c.out != nil {
+			c.emit(0, out[:n])
+			if c.err != nil {
+				return Commitment{}, nil, c.err
+			}
+			l := newLayers(s, size, h, lb, out[:n])
+			return l.c, nil, nil
+		}
 		l := newLayers(s, size, h, lb, out[:n])
 		return l.c, l, nil
 	}
@@ -205,20 +444,54 @@ func (c *Committer) finish(prefix []byte) (Commitment, *Layers, error) {
 		c.buf = nil
 	}
 	c.drain(0)
-	if prefix != nil {
-		// Leaf 0 was hashed with zeros in place of the prefix: rehash it and
-		// refold the left spine of the first stored subtree.
-		leaf := c.leaf0
-		copy(leaf, prefix)
-		cur := c.lh.leaf(leaf)
-		for lv := range c.spine {
-			cur = hashNode(&cur, &c.spine[lv])
+	c.pool.stop()
+	c.finished = true
+	if c.err != nil {
+		return Commitment{}, nil, c.err
+	}
+	if c.hold0 {
+		// Leaf 0 was hashed with zeros in place of the prefix: rehash it,
+		// refold the left spine of the first stored subtree, then node 0's
+		// ancestors up to the frontier level holding them.
+		copy(c.leaf0, prefix)
+		node0 := c.lh.leaf(c.leaf0)
+		for lv := range c.leafSpine {
+			node0 = hashNode(&node0, &c.leafSpine[lv])
 		}
-		c.base[0] = cur
+		top := bits.Len64(c.count) - 1
+		a := node0
+		for k := 0; k < top; k++ {
+			a = hashNode(&a, &c.nodeSpine[k])
+		}
+		c.frontier[top] = a
+		c.emit(0, []Hash{node0})
+		if c.err != nil {
+			return Commitment{}, nil, c.err
+		}
+	}
+	com := Commitment{Root: c.root(h), Size: size}
+	if c.out != nil {
+		return com, nil, nil
 	}
 	l := newLayers(s, size, h, s.storedLevel, c.base)
 	c.base = nil
-	return l.c, l, nil
+	return com, l, nil
+}
+
+// LayersHeader returns the bytes that precede the stored-level nodes in the
+// Layers.MarshalBinary form of c's layers, for a caller that took the nodes
+// through CommitterOptions.Nodes.
+func LayersHeader(c Commitment) ([]byte, error) {
+	if c.Size > MaxPieceSize {
+		return nil, fmt.Errorf("%w: piece size %d", ErrTooLarge, c.Size)
+	}
+	return appendLayersHeader(nil, c, storedNodes(defaultShape, c.Size)), nil
+}
+
+// storedNodes is the number of stored-level nodes of a piece of size bytes.
+func storedNodes(s *shape, size uint64) uint64 {
+	lb := min(s.height(size), s.storedLevel)
+	return (s.leaves(size) + (1 << lb) - 1) >> lb
 }
 
 // CommitBytes commits to b, hashing in parallel straight from b.
@@ -245,6 +518,7 @@ func commitBytes(s *shape, b []byte) (Commitment, *Layers, error) {
 		b = b[n:]
 	}
 	if _, err := c.Write(b); err != nil {
+		c.Abort()
 		return Commitment{}, nil, err
 	}
 	return c.Finish()

@@ -1,11 +1,13 @@
 // Package proofs is Quarry's proof-of-data-possession core: piece
 // commitments, proof sets, challenge derivation, proving and verifying. It is
-// pure computation — no network, no clock, no goroutines that outlive a call,
-// no global state — so that the ledger can run [Verify] deterministically on
-// every replica and storage miners can run [ProofSet.Prove] against their own
-// store. The caller owns all I/O: the prover reads piece bytes through an
-// [io.ReaderAt] and stored layers the caller kept, and nothing here writes
-// anywhere.
+// pure computation — no network, no clock, no global state — so that the
+// ledger can run [Verify] deterministically on every replica and storage
+// miners can run [ProofSet.Prove] against their own store. The caller owns
+// all I/O: the prover reads piece bytes through an [io.ReaderAt] and stored
+// layers the caller kept, and the committer writes its layers only to a
+// writer the caller gives it. The one thing that outlives a call is a
+// [Committer]'s hashing workers, which keep hashing buffered chunks between
+// Writes until Finish or [Committer.Abort] stops them.
 //
 // # Piece commitment
 //
@@ -37,21 +39,29 @@
 // # Committing and stored layers
 //
 // A [Committer] is an io.Writer over the piece bytes. It hashes 1 MiB chunks
-// on up to GOMAXPROCS goroutines (each chunk is independent up to the stored
-// level, so chunks need no coordination) and keeps only the nodes at the
-// stored level, one per 64 KiB of piece ([StoredSubtreeSize]). Finish folds
-// them into the root and returns them as [Layers]: 32 bytes per 64 KiB, i.e.
-// 512 KiB per GiB of piece on disk (twice that in memory, with the levels
-// above rebuilt). Working memory is a few chunk buffers regardless of the
-// piece size.
+// on up to GOMAXPROCS worker goroutines (each chunk is independent up to the
+// stored level, so chunks need no coordination) and takes the resulting
+// stored-level nodes, one per 64 KiB of piece ([StoredSubtreeSize]), in
+// order. It folds them into an O(log n) frontier for the root and either
+// keeps them, for Finish to return as [Layers] (32 bytes per 64 KiB, i.e.
+// 512 KiB per GiB of piece on disk, twice that in memory with the levels
+// above rebuilt), or writes each to [CommitterOptions].Nodes as it completes
+// (node i at offset 32·i), so that the committer's memory does not grow with
+// the piece at all: a few chunk buffers and the frontier. [LayersHeader]
+// and the written nodes then make exactly [Layers.MarshalBinary]'s bytes.
 //
 // The store writes a piece whose first bytes (a CARv1 header naming the root
-// CID) are known only at the end. [NewCommitterDeferred] accepts the stream
-// from offset prefixLen on and treats the prefix as zeros; leaf 0 sits on the
-// left spine of the first stored subtree, so the committer keeps that leaf's
-// remaining bytes and the right-hand siblings along the spine, and
-// [Committer.FinishWithPrefix] rehashes leaf 0 and folds the spine — a handful
-// of hashes — giving exactly what [NewCommitter] would have given.
+// CID) are known only at the end. [NewCommitterDeferred] (or
+// [CommitterOptions].Deferred) accepts the stream from offset prefixLen on
+// and treats the prefix as zeros; leaf 0 sits on the left spine of the
+// first stored subtree, and stored node 0 on the left spine of the tree, so
+// the committer keeps that leaf's remaining bytes and the right-hand
+// siblings along both spines, and [Committer.FinishWithPrefix] rehashes
+// leaf 0 and folds the spines — a few dozen hashes — giving exactly what
+// [NewCommitter] would have given. Emitted nodes therefore come in order
+// except node 0, which is written last, at offset 0: the writer must take
+// writes at an offset (a file, or a buffer), because no sequential stream
+// can hold node 0 back in constant memory.
 //
 // # Proof sets
 //

@@ -50,7 +50,8 @@ func FuzzVerify(f *testing.F) {
 }
 
 // FuzzCommitter: any data, split into any writes, with or without a
-// deferred prefix, commits like the reference.
+// deferred prefix, commits like the reference, and emits the layers it
+// would have kept.
 func FuzzCommitter(f *testing.F) {
 	f.Add([]byte("hello"), uint64(1), uint16(3), uint8(0))
 	f.Add(bytes.Repeat([]byte{7}, 3*LeafSize+5), uint64(2), uint16(700), uint8(100))
@@ -78,6 +79,24 @@ func FuzzCommitter(f *testing.F) {
 		}
 		if err != nil || got != want {
 			t.Fatalf("%d bytes, prefix %d: %v, %v; reference %v", len(data), pl, got, err, want)
+		}
+		// The same stream with the nodes written out gives the same
+		// commitment and, behind LayersHeader, the in-memory layers.
+		rec := &nodeRecorder{t: t}
+		e, err := NewCommitterWith(CommitterOptions{Deferred: prefix != 0, PrefixLen: pl, Nodes: rec})
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeSplit(t, e, r, data[pl:], 1+int(maxWrite))
+		if prefix != 0 {
+			got, _, err = e.FinishWithPrefix(data[:pl])
+		} else {
+			got, _, err = e.Finish()
+		}
+		_, wl, _ := CommitBytesLayers(data)
+		hdr, _ := LayersHeader(got)
+		if err != nil || got != want || !bytes.Equal(append(hdr, rec.b...), layersBytes(t, wl)) {
+			t.Fatalf("%d bytes, prefix %d: emitting committer %v, %v differs", len(data), pl, got, err)
 		}
 	})
 }

@@ -67,17 +67,27 @@ func (l *Layers) MarshalBinary() ([]byte, error) {
 		return nil, fmt.Errorf("%w: layers not built by a Committer or UnmarshalLayers", ErrUsage)
 	}
 	base := l.level[0]
-	b := make([]byte, 0, len(layersMagic)+2*binary.MaxVarintLen64+32+8+32*len(base))
-	b = append(b, layersMagic...)
-	b = binary.AppendUvarint(b, l.c.Size)
-	b = append(b, l.c.Root[:]...)
-	b = binary.AppendUvarint(b, uint64(len(base)))
-	sum := sha256.Sum256(b)
-	b = append(b, sum[:8]...)
+	b := make([]byte, 0, maxLayersHeader+32*len(base))
+	b = appendLayersHeader(b, l.c, uint64(len(base)))
 	for i := range base {
 		b = append(b, base[i][:]...)
 	}
 	return b, nil
+}
+
+// maxLayersHeader bounds the header MarshalBinary writes before the nodes.
+const maxLayersHeader = len(layersMagic) + 2*binary.MaxVarintLen64 + 32 + 8
+
+// appendLayersHeader appends the MarshalBinary header of the layers of c,
+// which have count stored nodes.
+func appendLayersHeader(b []byte, c Commitment, count uint64) []byte {
+	start := len(b)
+	b = append(b, layersMagic...)
+	b = binary.AppendUvarint(b, c.Size)
+	b = append(b, c.Root[:]...)
+	b = binary.AppendUvarint(b, count)
+	sum := sha256.Sum256(b[start:])
+	return append(b, sum[:8]...)
 }
 
 // UnmarshalLayers decodes layers written by MarshalBinary, rebuilds the
