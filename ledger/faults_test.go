@@ -278,8 +278,10 @@ var balanceModel = porcupine.NondeterministicModel{
 }
 
 // TestLinearizable records transfers and linearizable balance reads from
-// concurrent clients through every replica while the leader is stopped and
-// restarted, and checks the history with porcupine.
+// concurrent clients through every replica while leaders are killed (cut
+// off abruptly, then stopped) and restarted, three times, and checks the
+// history with porcupine: it must be linearizable, and the check must
+// finish (a checker timeout fails the test too).
 func TestLinearizable(t *testing.T) {
 	c := newCluster(t, clusterOpts{replicas: 3})
 	c.leader()
@@ -288,6 +290,7 @@ func TestLinearizable(t *testing.T) {
 		mu      sync.Mutex
 		history []porcupine.Operation
 		done    atomic.Int64
+		unknown atomic.Int64
 		stop    = make(chan struct{})
 		wg      sync.WaitGroup
 	)
@@ -297,21 +300,25 @@ func TestLinearizable(t *testing.T) {
 		mu.Unlock()
 		done.Add(1)
 	}
-	up := func() []uint64 {
-		var ids []uint64
-		for id := uint64(1); id <= 3; id++ {
-			if r := c.reps[id]; r.node != nil {
-				ids = append(ids, id)
-			}
-		}
-		return ids
-	}
 	var upMu sync.Mutex
 	pick := func(rng *rand.Rand) ledgerv1.LedgerClient {
 		upMu.Lock()
 		defer upMu.Unlock()
-		ids := up()
+		var ids []uint64
+		for id := uint64(1); id <= 3; id++ {
+			if c.reps[id].node != nil {
+				ids = append(ids, id)
+			}
+		}
 		return c.api(ids[rng.IntN(len(ids))])
+	}
+	stopped := func() bool {
+		select {
+		case <-stop:
+			return true
+		default:
+			return false
+		}
 	}
 	read := func(client int, rng *rand.Rand, acct int) (uint64, bool) {
 		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
@@ -321,11 +328,44 @@ func TestLinearizable(t *testing.T) {
 			Address: c.dev.Accounts[acct].PeerID().String(), Consistency: ledgerv1.Consistency_CONSISTENCY_LINEARIZABLE,
 		})
 		if err != nil {
-			return 0, false
+			return 0, false // no answer, no constraint
 		}
 		record(porcupine.Operation{ClientId: client, Input: porcIn{read: true, from: acct},
 			Output: porcOut{balance: resp.GetAccount().GetBalance()}, Call: call, Return: time.Since(start).Nanoseconds()})
 		return resp.GetAccount().GetNonce(), true
+	}
+	// transfer submits one signed tx with wait, and re-submits the same tx
+	// (idempotent by hash) through any replica after a failure that may be
+	// transient, for up to 10 s: most outcomes become known, which keeps
+	// the history cheap to check. An outcome still unknown then is pending
+	// forever.
+	transfer := func(client int, rng *rand.Rand, in porcIn, raw []byte) bool {
+		call := time.Since(start).Nanoseconds()
+		give := time.Now().Add(10 * time.Second)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+			_, err := pick(rng).SubmitTx(ctx, &ledgerv1.SubmitTxRequest{SignedTx: raw, Wait: true})
+			cancel()
+			if err == nil {
+				record(porcupine.Operation{ClientId: client, Input: in, Output: porcOut{}, Call: call, Return: time.Since(start).Nanoseconds()})
+				return true
+			}
+			switch status.Code(err) {
+			case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
+				if !stopped() && time.Now().Before(give) {
+					// A client's retry pace, so an election is not
+					// flooded with calls that fail at once.
+					select {
+					case <-stop:
+					case <-time.After(20 * time.Millisecond):
+					}
+					continue
+				}
+			}
+			unknown.Add(1)
+			record(porcupine.Operation{ClientId: client, Input: in, Output: porcOut{unknown: true}, Call: call, Return: math.MaxInt64})
+			return false
+		}
 	}
 	for client := range porcAccounts {
 		wg.Add(1)
@@ -334,12 +374,7 @@ func TestLinearizable(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(client), 7))
 			var nonce uint64
 			resync := true
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
+			for !stopped() {
 				if resync {
 					if n, ok := read(client, rng, client); ok {
 						nonce, resync = n, false
@@ -352,19 +387,11 @@ func TestLinearizable(t *testing.T) {
 				}
 				to := (client + 1 + rng.IntN(porcAccounts-1)) % porcAccounts
 				in := porcIn{from: client, to: to, amount: uint64(1 + rng.IntN(9))}
-				raw := c.transfer(client, nonce+1, to, in.amount)
-				ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
-				call := time.Since(start).Nanoseconds()
-				_, err := pick(rng).SubmitTx(ctx, &ledgerv1.SubmitTxRequest{SignedTx: raw, Wait: true})
-				cancel()
-				if err != nil {
-					// It may still apply: pending forever.
-					record(porcupine.Operation{ClientId: client, Input: in, Output: porcOut{unknown: true}, Call: call, Return: math.MaxInt64})
+				if transfer(client, rng, in, c.transfer(client, nonce+1, to, in.amount)) {
+					nonce++
+				} else {
 					resync = true
-					continue
 				}
-				nonce++
-				record(porcupine.Operation{ClientId: client, Input: in, Output: porcOut{}, Call: call, Return: time.Since(start).Nanoseconds()})
 			}
 		}()
 	}
@@ -373,24 +400,26 @@ func TestLinearizable(t *testing.T) {
 		c.eventually(30*time.Second, fmt.Sprintf("%d more operations", n), func() bool { return done.Load() >= target })
 	}
 	waitOps(30)
-	lead := c.leader()
-	upMu.Lock()
-	if err := c.stop(lead); err != nil {
-		t.Error(err)
+	killed := map[uint64]bool{}
+	for range 3 {
+		lead := c.leader()
+		killed[lead] = true
+		upMu.Lock()
+		c.kill(lead)
+		upMu.Unlock()
+		waitOps(25) // the survivors elect a leader and go on
+		upMu.Lock()
+		c.start(lead)
+		upMu.Unlock()
+		waitOps(25)
 	}
-	upMu.Unlock()
-	waitOps(30)
-	upMu.Lock()
-	c.start(lead)
-	upMu.Unlock()
-	waitOps(40)
 	close(stop)
 	wg.Wait()
 	c.agree()
 
-	res := porcupine.CheckOperationsTimeout(balanceModel.ToModel(), history, 30*time.Second)
-	if res == porcupine.Illegal {
-		t.Fatalf("history of %d operations is not linearizable", len(history))
+	res := porcupine.CheckOperationsTimeout(balanceModel.ToModel(), history, 10*time.Second)
+	t.Logf("%d operations (%d with unknown outcome), %d replicas killed, porcupine: %s", len(history), unknown.Load(), len(killed), res)
+	if res != porcupine.Ok {
+		t.Fatalf("history of %d operations: porcupine says %s (Illegal: not linearizable; Unknown: the check timed out)", len(history), res)
 	}
-	t.Logf("%d operations, porcupine: %s", len(history), res)
 }

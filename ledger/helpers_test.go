@@ -76,6 +76,7 @@ type cluster struct {
 	reps    map[uint64]*replica
 	conns   map[string]*grpc.ClientConn
 	nextKey int
+	net     *testNet
 }
 
 type clusterOpts struct {
@@ -138,7 +139,7 @@ func newCluster(t testing.TB, opts clusterOpts) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, dev: dev, admin: admin, client: cert, opts: opts, reps: map[uint64]*replica{}, conns: map[string]*grpc.ClientConn{}}
+	c := &cluster{t: t, dev: dev, admin: admin, client: cert, opts: opts, reps: map[uint64]*replica{}, conns: map[string]*grpc.ClientConn{}, net: newTestNet()}
 	for i, k := range dev.Replicas {
 		id := uint64(i + 1)
 		c.reps[id] = &replica{id: id, key: k, dir: filepath.Join(t.TempDir(), fmt.Sprint(id)), addr: addrs[i]}
@@ -162,6 +163,7 @@ func (c *cluster) start(id uint64) {
 	if c.opts.modules != nil {
 		modules = c.opts.modules()
 	}
+	c.net.setAddr(id, r.addr)
 	httpAddr := ""
 	if c.opts.http {
 		httpAddr = "127.0.0.1:0"
@@ -171,7 +173,7 @@ func (c *cluster) start(id uint64) {
 		Dir:      r.dir, Genesis: c.dev.Genesis, Key: r.key, RaftID: id, GRPCAddr: r.addr,
 		Join: r.join, Peers: r.peers, Admins: []peer.ID{c.admin.PeerID()},
 		Logger: newTestLogger(c.t), TickInterval: testTick, SnapshotEntries: c.opts.snapshotEntries,
-		DrainTimeout: time.Second, Modules: modules,
+		DrainTimeout: time.Second, Modules: modules, Dialer: c.net.dialer(id),
 	})
 	if err != nil {
 		c.t.Fatalf("replica %d: New: %v", id, err)
@@ -242,12 +244,43 @@ func (c *cluster) dial(r *replica, key *identity.Key) *grpc.ClientConn {
 	if cc, ok := c.conns[k]; ok {
 		return cc
 	}
-	cc, err := daemon.Dial(r.addr, cert, r.key.PeerID())
+	cc, err := daemon.Dial(r.addr, cert, r.key.PeerID(), grpc.WithContextDialer(c.net.dialer(clientSource)))
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	c.conns[k] = cc
 	return cc
+}
+
+// forgetConns closes the test clients' connections to replica id, so the
+// next call dials afresh (rather than waiting out gRPC's reconnect
+// backoff after the replica was unreachable).
+func (c *cluster) forgetConns(id uint64) {
+	prefix := c.reps[id].addr + "/"
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, cc := range c.conns {
+		if strings.HasPrefix(k, prefix) {
+			cc.Close()
+			delete(c.conns, k)
+		}
+	}
+}
+
+// kill stops replica id the way a crash looks from outside: every
+// connection to and from it is cut at once (calls in flight fail; nothing
+// is drained to a client or handed to another replica), then its
+// goroutines stop and Pebble closes, and its links are restored for a
+// restart. Writes Pebble had not synced survive, since it is one process;
+// cmd/ledgerd's SIGKILL test covers losing those.
+func (c *cluster) kill(id uint64) {
+	c.t.Helper()
+	c.net.isolate(id)
+	if err := c.stop(id); err != nil {
+		c.t.Logf("killed replica %d: Run: %v", id, err)
+	}
+	c.net.rejoin(id)
+	c.forgetConns(id)
 }
 
 func (c *cluster) api(id uint64) ledgerv1.LedgerClient {

@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/quarrynet/quarry/consensus"
 	"github.com/quarrynet/quarry/consensus/transport"
@@ -565,7 +566,12 @@ func (n *Node) conn(id uint64) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	var opts []grpc.DialOption
+	// Reconnect quickly once the replica is back (gRPC's default backoff
+	// grows to two minutes, during which every forward would fail).
+	opts := []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+		MinConnectTimeout: 5 * time.Second,
+	})}
 	if n.cfg.Dialer != nil {
 		opts = append(opts, grpc.WithContextDialer(n.cfg.Dialer))
 	}
