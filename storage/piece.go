@@ -77,7 +77,11 @@ func (s *Store) NewPieceWriter(rootLen int) (*PieceWriter, error) {
 		hdrLen: carHeaderLen(rootLen),
 		seen:   make(map[string]int),
 	}
-	w.st = newPieceStream(s, f, path, w.hdrLen, !s.noDirect)
+	if w.st, err = newPieceStream(s, f, path, w.hdrLen, !s.noDirect); err != nil {
+		f.Close()
+		os.Remove(path)
+		return nil, err
+	}
 	return w, nil
 }
 
@@ -206,6 +210,7 @@ func (w *PieceWriter) Abort() {
 	w.finished = true
 	w.closed = true
 	w.st.stop()
+	w.st.commit.Abort() // its hashing workers stop with the import
 	w.f.Close()
 	os.Remove(w.path)
 }
@@ -247,7 +252,7 @@ func (w *PieceWriter) seal(ctx context.Context, root cid.Cid) (*Piece, error) {
 
 	header := carHeader(root)
 	var commitment proofs.Commitment
-	var layers *proofs.Layers
+	var lbin []byte // the stored layers, for the index batch
 	inOrder := len(header) == w.hdrLen && len(order) == len(w.entries)
 	for i := 0; inOrder && i < len(order); i++ {
 		inOrder = order[i] == i
@@ -256,11 +261,12 @@ func (w *PieceWriter) seal(ctx context.Context, root cid.Cid) (*Piece, error) {
 		if _, err := w.f.WriteAt(header, 0); err != nil {
 			return nil, fmt.Errorf("storage: write piece header: %w", err)
 		}
-		if commitment, layers, err = w.st.commit.FinishWithPrefix(header); err != nil {
-			return nil, fmt.Errorf("storage: commitment: %w", err)
+		if commitment, lbin, err = w.st.finishCommit(header); err != nil {
+			return nil, err
 		}
 	} else {
-		if commitment, layers, err = w.rewrite(header, order); err != nil {
+		w.st.commit.Abort() // the streamed bytes are not the piece's
+		if commitment, lbin, err = w.rewrite(header, order); err != nil {
 			return nil, err
 		}
 	}
@@ -287,11 +293,6 @@ func (w *PieceWriter) seal(ctx context.Context, root cid.Cid) (*Piece, error) {
 	w.s.fail(FailpointSealedNotIndexed) // the file is removed at Open
 
 	cbin, err := commitment.MarshalBinary()
-	if err != nil {
-		os.Remove(final)
-		return nil, err
-	}
-	lbin, err := layers.MarshalBinary()
 	if err != nil {
 		os.Remove(final)
 		return nil, err
@@ -390,19 +391,27 @@ func (w *PieceWriter) decodeLinks(e *entry) ([]cid.Cid, error) {
 }
 
 // rewrite copies the reachable blocks into a fresh file in canonical order
-// behind header, replacing w.f, and returns the commitment of the new bytes.
-func (w *PieceWriter) rewrite(header []byte, order []int) (proofs.Commitment, *proofs.Layers, error) {
+// behind header, replacing w.f, and returns the commitment of the new bytes
+// and their stored layers.
+func (w *PieceWriter) rewrite(header []byte, order []int) (proofs.Commitment, []byte, error) {
 	tmpPath := w.path + "-reorder"
 	nf, err := os.OpenFile(tmpPath, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return proofs.Commitment{}, nil, fmt.Errorf("storage: %w", err)
 	}
-	fail := func(err error) (proofs.Commitment, *proofs.Layers, error) {
+	var nodes layerBuf
+	c, err := proofs.NewCommitterWith(proofs.CommitterOptions{Nodes: &nodes})
+	if err != nil {
 		nf.Close()
 		os.Remove(tmpPath)
 		return proofs.Commitment{}, nil, err
 	}
-	c := proofs.NewCommitter()
+	fail := func(err error) (proofs.Commitment, []byte, error) {
+		c.Abort()
+		nf.Close()
+		os.Remove(tmpPath)
+		return proofs.Commitment{}, nil, err
+	}
 	out := io.MultiWriter(nf, c)
 	if err := w.s.writeHook(len(header)); err != nil {
 		return fail(err)
@@ -437,7 +446,11 @@ func (w *PieceWriter) rewrite(header []byte, order []int) (proofs.Commitment, *p
 		off = e.dataOff + uint64(e.n)
 		entries = append(entries, e)
 	}
-	commitment, layers, err := c.Finish()
+	commitment, _, err := c.Finish()
+	if err != nil {
+		return fail(err)
+	}
+	lbin, err := nodes.layers(commitment)
 	if err != nil {
 		return fail(err)
 	}
@@ -449,7 +462,7 @@ func (w *PieceWriter) rewrite(header []byte, order []int) (proofs.Commitment, *p
 	w.f = nf
 	w.off = off
 	w.entries = entries
-	return commitment, layers, nil
+	return commitment, lbin, nil
 }
 
 // CopiesBlocks tells importers that Add copies a node's bytes and keeps no

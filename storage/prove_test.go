@@ -1,9 +1,16 @@
 package storage
 
 import (
+	"bytes"
 	"errors"
 	"os"
+	"runtime"
 	"testing"
+	"time"
+
+	blocks "github.com/ipfs/go-block-format"
+	"github.com/ipfs/go-cid"
+	mh "github.com/multiformats/go-multihash"
 
 	"github.com/quarrynet/quarry/proofs"
 )
@@ -65,4 +72,42 @@ func TestStoreProvesItsPieces(t *testing.T) {
 	if failed != 8 {
 		t.Fatalf("a mostly zeroed piece proved in %d of 8 rounds", 8-failed)
 	}
+}
+
+// An aborted import stops the commitment's hashing workers with it: none
+// is left once Abort returns (polled, as a worker may still be unwinding).
+func TestAbortedImportStopsCommitter(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	w, err := s.NewPieceWriter(36)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// More than one 8 MiB staging buffer, so the committer has started.
+	data := make([]byte, 256<<10)
+	for i := 0; i < 40; i++ {
+		data[0], data[1] = byte(i), 0xab
+		h, _ := mh.Sum(data, mh.SHA2_256, -1)
+		b, _ := blocks.NewBlockWithCid(bytes.Clone(data), cid.NewCidV1(cid.Raw, h))
+		if err := w.AddBlock(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if committerWorkers() == 0 {
+		t.Fatal("no committer workers running mid-import: the test would prove nothing")
+	}
+	w.Abort()
+	deadline := time.Now().Add(5 * time.Second)
+	for committerWorkers() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d committer workers still running after Abort", committerWorkers())
+		}
+		runtime.Gosched()
+	}
+	runtime.KeepAlive(w) // the committer is not collected (and so not cleaned up) before the check
+}
+
+func committerWorkers() int {
+	buf := make([]byte, 4<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	return bytes.Count(buf, []byte("proofs.(*workerPool).run"))
 }

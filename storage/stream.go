@@ -32,6 +32,7 @@ type pieceStream struct {
 	direct bool
 	hdrLen int
 	commit *proofs.Committer
+	nodes  layerBuf // the commitment's stored layer, written by commit
 
 	cur    []byte // staging buffer being filled
 	curOff uint64 // file offset of cur[0]
@@ -64,15 +65,22 @@ type streamJob struct {
 	refs  atomic.Int32
 }
 
-func newPieceStream(s *Store, f *os.File, path string, hdrLen int, direct bool) *pieceStream {
+func newPieceStream(s *Store, f *os.File, path string, hdrLen int, direct bool) (*pieceStream, error) {
 	st := &pieceStream{
 		s: s, f: f, df: f, hdrLen: hdrLen,
-		commit: proofs.NewCommitterDeferred(hdrLen),
-		free:   make(chan []byte, streamBuffers),
-		wq:     make(chan *streamJob, streamBuffers),
-		cq:     make(chan *streamJob, streamBuffers),
-		cdone:  make(chan struct{}),
+		free:  make(chan []byte, streamBuffers),
+		wq:    make(chan *streamJob, streamBuffers),
+		cq:    make(chan *streamJob, streamBuffers),
+		cdone: make(chan struct{}),
 	}
+	// The committer writes the stored layer into st.nodes as it goes and
+	// keeps nothing that grows with the piece; Seal puts the layer in the
+	// index batch.
+	c, err := proofs.NewCommitterWith(proofs.CommitterOptions{Deferred: true, PrefixLen: hdrLen, Nodes: &st.nodes})
+	if err != nil {
+		return nil, fmt.Errorf("storage: commitment: %w", err)
+	}
+	st.commit = c
 	if direct {
 		if df, err := os.OpenFile(path, os.O_WRONLY|syscall.O_DIRECT, 0); err == nil {
 			st.df, st.direct = df, true
@@ -90,7 +98,39 @@ func newPieceStream(s *Store, f *os.File, path string, hdrLen int, direct bool) 
 		go st.runWriter()
 	}
 	go st.runCommitter()
-	return st
+	return st, nil
+}
+
+// layerBuf receives a committer's stored-layer nodes (proofs.CommitterOptions.Nodes).
+type layerBuf struct{ b []byte }
+
+func (l *layerBuf) WriteAt(p []byte, off int64) (int, error) {
+	if end := int(off) + len(p); end > len(l.b) {
+		l.b = append(l.b, make([]byte, end-len(l.b))...)
+	}
+	copy(l.b[off:], p)
+	return len(p), nil
+}
+
+// layers returns the stored form (proofs.Layers.MarshalBinary) of the
+// layers of c, whose nodes l holds.
+func (l *layerBuf) layers(c proofs.Commitment) ([]byte, error) {
+	h, err := proofs.LayersHeader(c)
+	if err != nil {
+		return nil, err
+	}
+	return append(h, l.b...), nil
+}
+
+// finishCommit completes the commitment of the streamed piece behind its
+// header and returns it with its stored layers.
+func (st *pieceStream) finishCommit(header []byte) (proofs.Commitment, []byte, error) {
+	c, _, err := st.commit.FinishWithPrefix(header)
+	if err != nil {
+		return proofs.Commitment{}, nil, fmt.Errorf("storage: commitment: %w", err)
+	}
+	lbin, err := st.nodes.layers(c)
+	return c, lbin, err
 }
 
 // offset is the stream's length so far (the next byte's file offset).
@@ -278,7 +318,8 @@ func (st *pieceStream) finish() error {
 	return st.firstErr()
 }
 
-// stop ends the goroutines without writing what is staged.
+// stop ends the goroutines without writing what is staged. The committer
+// is left to finish or abort.
 func (st *pieceStream) stop() {
 	if st.stopped {
 		return
