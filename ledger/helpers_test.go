@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -291,20 +292,31 @@ func (c *cluster) adminAPI(id uint64) ledgerv1.LedgerAdminClient {
 	return ledgerv1.NewLedgerAdminClient(c.dial(c.reps[id], c.admin))
 }
 
-// leader waits until the running replicas agree on a leader.
-func (c *cluster) leader() uint64 {
+// leader waits until the running replicas (or those of ids, when given)
+// agree on a leader among them.
+func (c *cluster) leader(ids ...uint64) uint64 {
 	c.t.Helper()
 	var lead uint64
 	c.eventually(10*time.Second, "a leader", func() bool {
 		lead = 0
-		for _, r := range c.running() {
+		reps := c.running()
+		if len(ids) > 0 {
+			reps = reps[:0]
+			for _, id := range ids {
+				reps = append(reps, c.reps[id])
+			}
+		}
+		for _, r := range reps {
+			if r.node == nil {
+				return false
+			}
 			st := r.node.raft.Status()
 			if st.Leader == 0 || lead != 0 && st.Leader != lead {
 				return false
 			}
 			lead = st.Leader
 		}
-		return lead != 0 && c.reps[lead].node != nil
+		return lead != 0 && c.reps[lead].node != nil && (len(ids) == 0 || slices.Contains(ids, lead))
 	})
 	return lead
 }
