@@ -2,12 +2,18 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
+	"github.com/ipfs/boxo/blockstore"
+	mdag "github.com/ipfs/boxo/ipld/merkledag"
+	ft "github.com/ipfs/boxo/ipld/unixfs"
 	"github.com/ipfs/go-cid"
 	carv2 "github.com/ipld/go-car/v2"
 	"github.com/spf13/cobra"
@@ -44,12 +50,29 @@ The root CID is printed last; -Q prints only the root CID.`,
 			if st.IsDir() && !recursive {
 				return fmt.Errorf("%s is a directory; use -r to add it with everything in it", path)
 			}
-			s, err := g.openStore()
+			// Open the output first: a --car the add cannot write must fail
+			// before anything is stored.
+			var car *atomicfile.File
+			if carOut != "" {
+				if err := checkCAROut(carOut, path, st); err != nil {
+					return err
+				}
+				if car, err = atomicfile.Create(carOut); err != nil {
+					return fmt.Errorf("cannot write the piece to %s: %v", carOut, pathErrText(err))
+				}
+				defer car.Abort()
+			}
+			s, err := g.createStore()
 			if err != nil {
 				return err
 			}
 			defer s.Close()
-			bar := g.progress(treeSize(path, st), "adding")
+			m := g.progress("adding", false, func() int64 { return treeSize(path, st) })
+			defer m.finish()
+			var progress func(int64)
+			if m != nil {
+				progress = m.set
+			}
 			w, err := s.NewPieceWriter(p.RootLen())
 			if err != nil {
 				return err
@@ -57,23 +80,29 @@ The root CID is printed last; -Q prints only the root CID.`,
 			root, err := dagio.ImportPath(cmd.Context(), w, path, p, dagio.ImportOptions{
 				Hidden:      hidden,
 				NoEmptyDirs: !emptyDirs,
-				Progress:    func(n int64) { _ = bar.Set64(n) },
+				Progress:    progress,
 			})
 			if err != nil {
 				w.Abort()
 				return fmt.Errorf("add %s: %w", path, err)
 			}
+			_, err = s.PieceByRoot(root.Cid())
+			existed := !errors.Is(err, storage.ErrNoPiece) // when unsure, never delete
 			piece, err := w.Seal(cmd.Context(), root.Cid())
 			if err != nil {
 				return fmt.Errorf("add %s: %w", path, err)
 			}
-			_ = bar.Finish()
-			if carOut != "" {
-				if err := atomicfile.Write(carOut, func(f io.Writer) error {
-					_, err := s.Export(cmd.Context(), root.Cid(), f)
-					return err
-				}); err != nil {
-					return fmt.Errorf("write piece to %s: %w", carOut, err)
+			m.finish()
+			if car != nil {
+				if err := writePiece(cmd.Context(), s, root.Cid(), car); err != nil {
+					// The add fails as a whole: a DAG this add stored goes
+					// again (one that was there before stays).
+					if !existed {
+						if derr := s.Delete(context.WithoutCancel(cmd.Context()), root.Cid()); derr != nil {
+							return fmt.Errorf("write the piece to %s: %w (and %s stays stored: %v)", carOut, err, root.Cid(), derr)
+						}
+					}
+					return fmt.Errorf("write the piece to %s: %w", carOut, err)
 				}
 			}
 			if quiet {
@@ -109,18 +138,122 @@ func treeSize(path string, st os.FileInfo) int64 {
 	return n
 }
 
-// withStore parses a CID argument, opens the repo's store and runs fn.
-func (g *globals) withStore(arg string, fn func(s *storage.Store, c cid.Cid) error) error {
+// checkCAROut refuses a --car that would overwrite the input, or that
+// lies inside the directory being added (its temp file would be read as
+// part of the tree).
+func checkCAROut(carOut, input string, inputSt os.FileInfo) error {
+	if fi, err := os.Stat(carOut); err == nil && os.SameFile(fi, inputSt) {
+		return fmt.Errorf("--car %s is the file being added; write the piece elsewhere", carOut)
+	}
+	if !inputSt.IsDir() {
+		return nil
+	}
+	in, err1 := realPath(input)
+	out, err2 := realPath(filepath.Dir(carOut))
+	if err1 != nil || err2 != nil {
+		return nil // the add itself will say what is wrong with the path
+	}
+	if rel, err := filepath.Rel(in, out); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		return fmt.Errorf("--car %s is inside the directory being added; write the piece elsewhere", carOut)
+	}
+	return nil
+}
+
+func realPath(p string) (string, error) {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", err
+	}
+	return filepath.EvalSymlinks(abs)
+}
+
+// writePiece exports the DAG under root to f and commits it.
+func writePiece(ctx context.Context, s *storage.Store, root cid.Cid, f *atomicfile.File) error {
+	if _, err := s.Export(ctx, root, f); err != nil {
+		return err
+	}
+	return f.Commit()
+}
+
+// pathErrText is an os error without the path it repeats (the message
+// names the path already).
+func pathErrText(err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return err.Error()
+}
+
+// withStore parses a CID argument, opens the repo's store and runs fn,
+// with one error for a CID the repo does not hold.
+func (g *globals) withStore(ctx context.Context, arg string, fn func(s *storage.Store, c cid.Cid) error) error {
 	c, err := parseCID(arg)
 	if err != nil {
 		return err
 	}
-	s, err := g.openStore()
+	s, err := g.openExistingStore()
+	if errors.Is(err, errEmptyRepo) {
+		return &notInRepoError{c: c}
+	}
 	if err != nil {
 		return err
 	}
 	defer s.Close()
+	if has, err := s.Has(ctx, c); err != nil {
+		return err
+	} else if !has {
+		return &notInRepoError{c: c}
+	}
 	return fn(s, c)
+}
+
+// rootNode reads the block under c and decodes it as a dag-pb node (nil
+// for raw and any other codec).
+func rootNode(ctx context.Context, s *storage.Store, c cid.Cid) (raw []byte, pn *mdag.ProtoNode, err error) {
+	b, err := s.Get(ctx, c)
+	if err != nil {
+		return nil, nil, err
+	}
+	if c.Prefix().Codec != cid.DagProtobuf {
+		return b.RawData(), nil, nil
+	}
+	pn, err = mdag.DecodeProtobuf(b.RawData())
+	return b.RawData(), pn, err
+}
+
+// dagSize is the bytes of every block under c, as its links record them
+// (get's progress total), or -1.
+func dagSize(ctx context.Context, s *storage.Store, c cid.Cid) int64 {
+	raw, pn, err := rootNode(ctx, s, c)
+	if err != nil {
+		return -1
+	}
+	if pn == nil {
+		return int64(len(raw))
+	}
+	n, err := pn.Size()
+	if err != nil {
+		return -1
+	}
+	return int64(n)
+}
+
+// fileSize is the size of the UnixFS file under c (cat's progress total),
+// or -1.
+func fileSize(ctx context.Context, s *storage.Store, c cid.Cid) int64 {
+	raw, pn, err := rootNode(ctx, s, c)
+	if err != nil {
+		return -1
+	}
+	if pn == nil {
+		return int64(len(raw))
+	}
+	fsn, err := ft.FSNodeFromBytes(pn.Data())
+	if err != nil {
+		return -1
+	}
+	return int64(fsn.FileSize())
 }
 
 func newCatCmd(g *globals) *cobra.Command {
@@ -129,9 +262,12 @@ func newCatCmd(g *globals) *cobra.Command {
 		Short: "Write a file's bytes to stdout, every block verified",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withStore(args[0], func(s *storage.Store, c cid.Cid) error {
-				bw := bufio.NewWriterSize(g.stdout, 1<<20)
-				if _, err := dagio.Cat(cmd.Context(), s, c, bw); err != nil {
+			ctx := cmd.Context()
+			return g.withStore(ctx, args[0], func(s *storage.Store, c cid.Cid) error {
+				m := g.progress("reading", true, func() int64 { return fileSize(ctx, s, c) })
+				defer m.finish()
+				bw := bufio.NewWriterSize(m.writer(g.stdout), 1<<20)
+				if _, err := dagio.Cat(ctx, s, c, bw); err != nil {
 					return fmt.Errorf("cat %s: %w", c, err)
 				}
 				return bw.Flush()
@@ -147,14 +283,22 @@ func newGetCmd(g *globals) *cobra.Command {
 		Short: "Write a file or directory tree to disk, every block verified",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withStore(args[0], func(s *storage.Store, c cid.Cid) error {
+			ctx := cmd.Context()
+			return g.withStore(ctx, args[0], func(s *storage.Store, c cid.Cid) error {
 				dst := out
 				if dst == "" {
 					dst = c.String()
 				}
-				if err := dagio.Get(cmd.Context(), s, c, dst); err != nil {
+				m := g.progress("saving", false, func() int64 { return dagSize(ctx, s, c) })
+				defer m.finish()
+				var bs blockstore.Blockstore = s
+				if m != nil {
+					bs = meteredStore{Store: s, m: m}
+				}
+				if err := dagio.Get(ctx, bs, c, dst); err != nil {
 					return fmt.Errorf("get %s: %w", c, err)
 				}
+				m.finish()
 				fmt.Fprintf(g.stdout, "saved %s to %s\n", c, dst)
 				return nil
 			})
@@ -166,30 +310,61 @@ func newGetCmd(g *globals) *cobra.Command {
 
 func newExportCmd(g *globals) *cobra.Command {
 	var out string
+	var force bool
 	cmd := &cobra.Command{
 		Use:   "export CID",
 		Short: "Write a DAG as a CARv1 (the piece) to stdout or -o FILE",
-		Args:  cobra.ExactArgs(1),
+		Long: `Write the DAG under CID as a CARv1 — the piece: its root in the header, blocks
+in canonical order, each checked against its CID on the way out — to stdout
+or to -o FILE. An existing file is replaced only with --force (and then only
+once the whole CAR is written); a device or FIFO is written as it is.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withStore(args[0], func(s *storage.Store, c cid.Cid) error {
-				var err error
-				if out == "" || out == "-" {
-					_, err = s.Export(cmd.Context(), c, g.stdout)
-				} else {
-					err = atomicfile.Write(out, func(w io.Writer) error {
-						_, err := s.Export(cmd.Context(), c, w)
-						return err
-					})
+			ctx := cmd.Context()
+			return g.withStore(ctx, args[0], func(s *storage.Store, c cid.Cid) error {
+				toStdout := out == "" || out == "-"
+				m := g.progress("exporting", toStdout, func() int64 {
+					if p, err := s.PieceByRoot(c); err == nil {
+						return int64(p.Size)
+					}
+					return -1
+				})
+				defer m.finish()
+				if toStdout {
+					if _, err := s.Export(ctx, c, m.writer(g.stdout)); err != nil {
+						return fmt.Errorf("export %s: %w", c, err)
+					}
+					return nil
 				}
+				create := atomicfile.CreateNew
+				if force {
+					create = atomicfile.Create
+				}
+				f, err := create(out)
 				if err != nil {
+					return exportOutErr(out, err)
+				}
+				defer f.Abort()
+				if _, err := s.Export(ctx, c, m.writer(f)); err != nil {
 					return fmt.Errorf("export %s: %w", c, err)
+				}
+				if err := f.Commit(); err != nil {
+					return exportOutErr(out, err)
 				}
 				return nil
 			})
 		},
 	}
 	cmd.Flags().StringVarP(&out, "output", "o", "", "write to FILE instead of stdout")
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "replace an existing -o FILE")
 	return cmd
+}
+
+func exportOutErr(out string, err error) error {
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%s exists (use --force to replace it)", out)
+	}
+	return fmt.Errorf("cannot write to %s: %v", out, pathErrText(err))
 }
 
 func newImportCmd(g *globals) *cobra.Command {
@@ -207,15 +382,29 @@ block that does not match its CID, or a missing block leaves the repo as it was.
 				return fmt.Errorf("cannot import %s: %w", args[0], errors.Unwrap(err))
 			}
 			defer f.Close()
-			s, err := g.openStore()
+			m := g.progress("importing", false, func() int64 {
+				if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+					return fi.Size()
+				}
+				return -1
+			})
+			defer m.finish()
+			// The header first: a file that is no CAR at all is refused
+			// before the repo is opened (or created).
+			br, err := openCAR(m.reader(f))
+			if err != nil {
+				return fmt.Errorf("import %s: %w", args[0], err)
+			}
+			s, err := g.createStore()
 			if err != nil {
 				return err
 			}
 			defer s.Close()
-			piece, err := importCAR(cmd, s, f)
+			piece, err := importCAR(cmd.Context(), s, br)
 			if err != nil {
 				return fmt.Errorf("import %s: %w", args[0], err)
 			}
+			m.finish()
 			if quiet {
 				fmt.Fprintln(g.stdout, piece.Root)
 				return nil
@@ -229,22 +418,34 @@ block that does not match its CID, or a missing block leaves the repo as it was.
 	return cmd
 }
 
-func importCAR(cmd *cobra.Command, s *storage.Store, r io.Reader) (*storage.Piece, error) {
+// openCAR reads a CAR's header, with an error that says what is wrong.
+func openCAR(r io.Reader) (*carv2.BlockReader, error) {
 	br, err := carv2.NewBlockReader(bufio.NewReaderSize(r, 1<<20), carv2.MaxAllowedSectionSize(4<<20+256),
 		carv2.WithTrustedCAR(true)) // the piece writer checks every block itself, with a clearer error
-	if err != nil {
-		return nil, fmt.Errorf("not a readable CAR: %w", err)
+	switch {
+	case errors.Is(err, io.EOF):
+		return nil, errors.New("the file is empty, not a CAR")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return nil, errors.New("not a CAR: the file ends inside the header")
+	case err != nil:
+		return nil, fmt.Errorf("not a CAR: %v", err)
 	}
 	if len(br.Roots) != 1 {
 		return nil, fmt.Errorf("the CAR names %d roots; Quarry stores one DAG (one root) per piece", len(br.Roots))
 	}
+	return br, nil
+}
+
+// importCAR stores the blocks of br as one piece; on any error the store
+// is as it was.
+func importCAR(ctx context.Context, s *storage.Store, br *carv2.BlockReader) (*storage.Piece, error) {
 	root := br.Roots[0]
 	w, err := s.NewPieceWriter(root.ByteLen())
 	if err != nil {
 		return nil, err
 	}
-	for {
-		if err := cmd.Context().Err(); err != nil {
+	for n := 1; ; n++ {
+		if err := ctx.Err(); err != nil {
 			w.Abort()
 			return nil, err
 		}
@@ -254,14 +455,17 @@ func importCAR(cmd *cobra.Command, s *storage.Store, r io.Reader) (*storage.Piec
 		}
 		if err != nil {
 			w.Abort()
-			return nil, fmt.Errorf("corrupt or truncated CAR: %w", err)
+			if errors.Is(err, io.ErrUnexpectedEOF) {
+				return nil, fmt.Errorf("the CAR is truncated: it ends inside block %d", n)
+			}
+			return nil, fmt.Errorf("the CAR is corrupt at block %d: %v", n, err)
 		}
 		if err := w.AddBlock(b); err != nil {
 			w.Abort()
 			return nil, err
 		}
 	}
-	return w.Seal(cmd.Context(), root)
+	return w.Seal(ctx, root)
 }
 
 func newLsCmd(g *globals) *cobra.Command {
@@ -271,7 +475,7 @@ func newLsCmd(g *globals) *cobra.Command {
 		Short: "List a directory's entries",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withStore(args[0], func(s *storage.Store, c cid.Cid) error {
+			return g.withStore(cmd.Context(), args[0], func(s *storage.Store, c cid.Cid) error {
 				ents, err := dagio.Ls(cmd.Context(), s, c)
 				if err != nil {
 					return fmt.Errorf("ls %s: %w", c, err)
@@ -300,8 +504,12 @@ func newRmCmd(g *globals) *cobra.Command {
 		Short: "Delete the DAG stored under a root CID and reclaim its space",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.withStore(args[0], func(s *storage.Store, c cid.Cid) error {
-				if err := s.Delete(cmd.Context(), c); err != nil {
+			return g.withStore(cmd.Context(), args[0], func(s *storage.Store, c cid.Cid) error {
+				err := s.Delete(cmd.Context(), c)
+				if errors.Is(err, storage.ErrNoPiece) {
+					return fmt.Errorf("%s is not the root of a DAG in this repo (quarry pieces lists them)", c)
+				}
+				if err != nil {
 					return fmt.Errorf("rm %s: %w", c, err)
 				}
 				fmt.Fprintf(g.stdout, "removed %s\n", c)
@@ -318,14 +526,17 @@ func newPiecesCmd(g *globals) *cobra.Command {
 		Short: "List the stored DAGs: root, size, piece commitment",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := g.openStore()
-			if err != nil {
+			var ps []*storage.Piece
+			s, err := g.openExistingStore()
+			switch {
+			case errors.Is(err, errEmptyRepo): // no pieces
+			case err != nil:
 				return err
-			}
-			defer s.Close()
-			ps, err := s.Pieces()
-			if err != nil {
-				return err
+			default:
+				defer s.Close()
+				if ps, err = s.Pieces(); err != nil {
+					return err
+				}
 			}
 			if asJSON {
 				if ps == nil {

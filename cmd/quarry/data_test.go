@@ -4,14 +4,21 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/ipfs/go-cid"
+	"golang.org/x/sys/unix"
+
 	"github.com/quarrynet/quarry/internal/keystream"
+	"github.com/quarrynet/quarry/storage"
 )
 
 // run runs quarry with args against repo and returns stdout and the error
@@ -43,18 +50,77 @@ func writeKS(t *testing.T, path string, off, n int64) []byte {
 	return b
 }
 
-// snapshot describes a repo's files (names and sizes) to check that a
-// failed command changed nothing.
-func snapshot(t *testing.T, repo string) []string {
+// runQ runs quarry as main does: it returns stdout, the raw stderr and the
+// exit status.
+func runQ(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	var out []string
-	filepath.Walk(filepath.Join(repo, "store", "pieces"), func(p string, fi os.FileInfo, err error) error {
-		if err == nil && !fi.IsDir() {
-			out = append(out, fi.Name())
+	var out, errOut bytes.Buffer
+	code = runMain(context.Background(), newGlobals(&out, &errOut), args)
+	return out.String(), errOut.String(), code
+}
+
+// repoState is what a user can see of a repo, to check that a failed
+// command changed nothing.
+type repoState struct {
+	Pieces string   // `quarry pieces --json` (or its error)
+	Blocks []string // every block the index holds, read through the store
+	Files  []string // every file and directory but the Pebble index's, with sizes
+}
+
+func snapshot(t *testing.T, repo string) repoState {
+	t.Helper()
+	var st repoState
+	index := filepath.Join(repo, "store", "index")
+	filepath.WalkDir(repo, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == repo {
+			return nil
+		}
+		if p == index {
+			return filepath.SkipDir // the next piece id moves on a failed import; that is fine
+		}
+		rel, _ := filepath.Rel(repo, p)
+		if d.IsDir() {
+			st.Files = append(st.Files, rel+"/")
+			return nil
+		}
+		if fi, err := d.Info(); err == nil {
+			st.Files = append(st.Files, fmt.Sprintf("%s %d", rel, fi.Size()))
 		}
 		return nil
 	})
-	return out
+	out, errOut, _ := runQ(t, "--repo", repo, "pieces", "--json")
+	st.Pieces = out + errOut
+	if _, err := os.Stat(filepath.Join(repo, "store")); err != nil {
+		return st
+	}
+	s, err := storage.Open(storage.Config{Dir: filepath.Join(repo, "store")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	keys, err := s.AllKeysChan(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for c := range keys {
+		st.Blocks = append(st.Blocks, c.String())
+	}
+	slices.Sort(st.Blocks)
+	return st
+}
+
+// pieceFiles lists the repo's piece files.
+func pieceFiles(t *testing.T, repo string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(repo, "store", "pieces"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return names
 }
 
 func TestAddCatExportImportRoundTrip(t *testing.T) {
@@ -102,8 +168,8 @@ func TestAddCatExportImportRoundTrip(t *testing.T) {
 		t.Fatalf("pieces --json: %v %v", ps, err)
 	}
 	mustRun(t, other, "rm", want)
-	if snap := snapshot(t, other); len(snap) != 0 {
-		t.Fatalf("rm left %v", snap)
+	if left := pieceFiles(t, other); len(left) != 0 {
+		t.Fatalf("rm left %v", left)
 	}
 	if _, err := run(t, other, "cat", want); err == nil {
 		t.Fatal("cat after rm succeeded")
@@ -156,11 +222,13 @@ func TestAddDirectoryGetLs(t *testing.T) {
 }
 
 // Bad input gives a one-line error that says what is wrong and leaves the
-// repo unchanged.
+// repo unchanged: the pieces listed, the blocks indexed, the files.
 func TestBadInputLeavesRepoUnchanged(t *testing.T) {
 	repo, tmp := t.TempDir(), t.TempDir()
 	src := filepath.Join(tmp, "f.bin")
 	writeKS(t, src, 0, 3<<20)
+	fresh := filepath.Join(tmp, "fresh.bin") // never added to the repo under test
+	freshData := writeKS(t, fresh, 7, 3<<20)
 	root := strings.TrimSpace(mustRun(t, repo, "add", "-Q", src))
 	good := filepath.Join(tmp, "good.car")
 	mustRun(t, repo, "export", root, "-o", good)
@@ -173,47 +241,206 @@ func TestBadInputLeavesRepoUnchanged(t *testing.T) {
 	}
 	corrupt := bytes.Clone(car)
 	corrupt[len(corrupt)-1000] ^= 0xff // inside the root node or last leaf: hash mismatch
-	headerOnly := car[:carHeaderLenForTest(car)]
+	hdr := carHeaderLenForTest(car)
+	headerOnly := car[:hdr]
 	garbage := bytes.Repeat([]byte{0x42}, 500)
 
+	// Sections: varint length, CID, data. The second one is broken two ways.
+	len1, n1 := uvarint(car[hdr:])
+	leaf, err := cid.Cast(car[hdr+n1 : hdr+n1+36]) // the first block: a raw leaf (CIDv1, sha2-256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := hdr + n1 + int(len1)
+	_, n2 := uvarint(car[second:])
+	badLen := append(append(bytes.Clone(car[:second]), 0xff, 0xff, 0xff, 0xff, 0x0f), car[second+n2:]...)
+	badCID := bytes.Clone(car)
+	badCID[second+n2] = 0x05 // CID version 5
 	// a CAR whose blocks are fine but one is missing: cut the first section out
-	firstSection := carHeaderLenForTest(car)
-	secLen, n := uvarint(car[firstSection:])
-	missing := append(bytes.Clone(car[:firstSection]), car[firstSection+n+int(secLen):]...)
+	missing := append(bytes.Clone(car[:hdr]), car[second:]...)
 
 	other := t.TempDir()
 	mustRun(t, other, "add", "-Q", src) // something already in it
+	existing := filepath.Join(tmp, "existing")
+	os.WriteFile(existing, []byte("keep me"), 0o644)
+	addedDir := filepath.Join(tmp, "d")
+	os.MkdirAll(addedDir, 0o755)
+	writeKS(t, filepath.Join(addedDir, "a"), 3, 1000)
 	before := snapshot(t, other)
+	absent := "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH" // the empty file under kubo
 	cases := []struct {
 		args []string
 		want string
 	}{
 		{[]string{"add", filepath.Join(tmp, "nope")}, "no such file"},
 		{[]string{"cat", "not-a-cid"}, "not a valid CID"},
-		{[]string{"cat", "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"}, "not found"},
+		{[]string{"cat", "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"}, "is not in this repo (quarry add or quarry import it first)"},
 		{[]string{"add", "--profile", "kubo-v9", src}, "unknown profile"},
+		{[]string{"add", "--car", filepath.Join(tmp, "nodir", "x.car"), fresh}, "cannot write the piece to"},
+		{[]string{"add", "--car", fresh, fresh}, "is the file being added"},
+		{[]string{"add", "-r", "--car", filepath.Join(addedDir, "x.car"), addedDir}, "inside the directory being added"},
 		{[]string{"import", filepath.Join(tmp, "nope.car")}, "no such file"},
-		{[]string{"import", writeCAR("trunc.car", car[:len(car)-100])}, "truncated"},
+		{[]string{"import", writeCAR("trunc.car", car[:len(car)-100])}, "truncated: it ends inside block"},
 		{[]string{"import", writeCAR("corrupt.car", corrupt)}, "does not match its CID"},
 		{[]string{"import", writeCAR("header.car", headerOnly)}, "missing"},
-		{[]string{"import", writeCAR("garbage.car", garbage)}, "not a readable CAR"},
+		{[]string{"import", writeCAR("header-cut.car", car[:5])}, "ends inside the header"},
+		{[]string{"import", writeCAR("garbage.car", garbage)}, "not a CAR"},
+		{[]string{"import", writeCAR("empty.car", nil)}, "the file is empty, not a CAR"},
 		{[]string{"import", writeCAR("missing.car", missing)}, "missing"},
-		{[]string{"export", "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH"}, "not found"},
-		{[]string{"rm", "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH"}, "no DAG stored"},
+		{[]string{"import", writeCAR("badlen.car", badLen)}, "corrupt at block 2: invalid section data"},
+		{[]string{"import", writeCAR("badcid.car", badCID)}, "corrupt at block 2: invalid cid"},
+		{[]string{"export", absent}, absent + " is not in this repo"},
+		{[]string{"export", absent, "-o", filepath.Join(tmp, "absent.car")}, absent + " is not in this repo"},
+		{[]string{"export", root, "-o", existing}, "exists (use --force to replace it)"},
+		{[]string{"get", absent}, absent + " is not in this repo"},
+		{[]string{"get", root, "-o", existing}, "already exists"},
+		{[]string{"ls", absent}, absent + " is not in this repo"},
+		{[]string{"rm", absent}, absent + " is not in this repo"},
+		{[]string{"rm", leaf.String()}, "is not the root of a DAG in this repo"},
 		{[]string{"ls", root}, "not a UnixFS directory"},
 	}
 	for _, tc := range cases {
-		_, err := run(t, other, tc.args...)
-		if err == nil {
+		stdout, stderr, code := runQ(t, append([]string{"--repo", other}, tc.args...)...)
+		if code == 0 {
 			t.Errorf("quarry %v succeeded", tc.args)
 			continue
 		}
-		msg := oneLine(err)
-		if strings.Contains(msg, "\n") || !strings.Contains(msg, tc.want) {
-			t.Errorf("quarry %v: %q; want one line mentioning %q", tc.args, msg, tc.want)
+		if strings.Count(stderr, "\n") != 1 || !strings.HasSuffix(stderr, "\n") || !strings.HasPrefix(stderr, "quarry: ") || !strings.Contains(stderr, tc.want) {
+			t.Errorf("quarry %v printed %q; want one line mentioning %q", tc.args, stderr, tc.want)
 		}
-		if after := snapshot(t, other); !slices.Equal(before, after) {
-			t.Fatalf("quarry %v changed the repo: %v → %v", tc.args, before, after)
+		if stdout != "" {
+			t.Errorf("quarry %v failed but printed %q", tc.args, stdout)
+		}
+		if after := snapshot(t, other); !reflect.DeepEqual(before, after) {
+			t.Fatalf("quarry %v changed the repo:\n%+v\n→\n%+v", tc.args, before, after)
+		}
+	}
+	if b, _ := os.ReadFile(fresh); !bytes.Equal(b, freshData) {
+		t.Error("add --car over its input changed the input")
+	}
+	if b, _ := os.ReadFile(existing); string(b) != "keep me" {
+		t.Errorf("export -o without --force changed the file: %q", b)
+	}
+	if ents, _ := os.ReadDir(addedDir); len(ents) != 1 {
+		t.Errorf("add --car inside the tree left %v", ents)
+	}
+	if _, err := os.Stat(filepath.Join(tmp, "absent.car")); !os.IsNotExist(err) {
+		t.Errorf("export of an absent CID created its -o file: %v", err)
+	}
+	// --force replaces the file, with the piece.
+	mustRun(t, other, "export", root, "-o", existing, "--force")
+	if b, _ := os.ReadFile(existing); !bytes.Equal(b, car) {
+		t.Error("export --force did not write the piece")
+	}
+}
+
+// startFIFO makes a FIFO at path whose reader takes n bytes and then closes
+// it, so a writer of more than a pipe's buffer fails with a broken pipe.
+func startFIFO(t *testing.T, path string, n int) {
+	t.Helper()
+	if err := unix.Mkfifo(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f, err := os.Open(path)
+		if err != nil {
+			return
+		}
+		io.ReadFull(f, make([]byte, n))
+		f.Close()
+	}()
+	t.Cleanup(func() {
+		// Unblock the reader's open if no writer came.
+		if f, err := os.OpenFile(path, os.O_WRONLY|unix.O_NONBLOCK, 0); err == nil {
+			f.Close()
+		}
+		<-done
+	})
+}
+
+// add --car fails as a whole when writing the piece fails after the DAG
+// was stored: the new DAG goes again, and a DAG that was already there
+// stays.
+func TestAddCarWriteFailureLeavesRepoUnchanged(t *testing.T) {
+	repo, tmp := t.TempDir(), t.TempDir()
+	old, fresh := filepath.Join(tmp, "old.bin"), filepath.Join(tmp, "fresh.bin")
+	writeKS(t, old, 0, 3<<20)
+	writeKS(t, fresh, 11, 3<<20) // its CAR is far larger than a pipe's buffer
+	oldRoot := strings.TrimSpace(mustRun(t, repo, "add", "-Q", old))
+	before := snapshot(t, repo)
+	for i, src := range []string{fresh, old} {
+		fifo := filepath.Join(tmp, fmt.Sprintf("pipe%d", i))
+		startFIFO(t, fifo, 100)
+		_, stderr, code := runQ(t, "--repo", repo, "add", "--car", fifo, src)
+		if code == 0 || !strings.Contains(stderr, "write the piece to "+fifo) || !strings.Contains(stderr, "broken pipe") {
+			t.Fatalf("add --car into a pipe closed early: %d %q", code, stderr)
+		}
+		if after := snapshot(t, repo); !reflect.DeepEqual(before, after) {
+			t.Fatalf("a failed add --car of %s changed the repo:\n%+v\n→\n%+v", src, before, after)
+		}
+	}
+	if got := mustRun(t, repo, "cat", oldRoot); len(got) != 3<<20 {
+		t.Fatal("the DAG that was there before is gone")
+	}
+}
+
+// Writing the piece to a FIFO streams it there; the FIFO stays a FIFO.
+func TestExportToFIFO(t *testing.T) {
+	repo, tmp := t.TempDir(), t.TempDir()
+	src := filepath.Join(tmp, "f.bin")
+	writeKS(t, src, 0, 1<<20)
+	root := strings.TrimSpace(mustRun(t, repo, "add", "-Q", src))
+	want := mustRun(t, repo, "export", root)
+	fifo := filepath.Join(tmp, "pipe")
+	if err := unix.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		f, err := os.Open(fifo)
+		if err != nil {
+			got <- nil
+			return
+		}
+		b, _ := io.ReadAll(f)
+		f.Close()
+		got <- b
+	}()
+	mustRun(t, repo, "export", root, "-o", fifo) // no --force needed: there is no file to keep
+	if b := <-got; string(b) != want {
+		t.Fatalf("the FIFO got %d bytes, want the %d-byte piece", len(b), len(want))
+	}
+	if fi, err := os.Lstat(fifo); err != nil || fi.Mode().Type() != fs.ModeNamedPipe {
+		t.Fatalf("the FIFO was replaced: %v", err)
+	}
+	if ents, _ := os.ReadDir(tmp); len(ents) != 2 {
+		t.Fatalf("temp files left: %v", ents)
+	}
+}
+
+// get of a single file writes the file: one raw block, and a multi-block
+// file under each kind of leaf.
+func TestGetSingleFile(t *testing.T) {
+	repo, tmp := t.TempDir(), t.TempDir()
+	for _, tc := range []struct {
+		profile string
+		size    int64
+	}{{"unixfs-v1-2025", 1000}, {"unixfs-v1-2025", 3<<20 + 5}, {"kubo", 700000}} {
+		src := filepath.Join(tmp, fmt.Sprintf("%s-%d", tc.profile, tc.size))
+		data := writeKS(t, src, tc.size, tc.size)
+		root := strings.TrimSpace(mustRun(t, repo, "add", "-Q", "--profile", tc.profile, src))
+		out := filepath.Join(tmp, "out-"+filepath.Base(src))
+		if got := mustRun(t, repo, "get", root, "-o", out); got != "saved "+root+" to "+out+"\n" {
+			t.Errorf("get printed %q", got)
+		}
+		fi, err := os.Lstat(out)
+		if err != nil || !fi.Mode().IsRegular() {
+			t.Fatalf("%s: get did not write a regular file: %v", src, err)
+		}
+		if b, _ := os.ReadFile(out); !bytes.Equal(b, data) {
+			t.Errorf("%s: get wrote %d bytes that differ from the %d added", src, len(b), len(data))
 		}
 	}
 }
@@ -245,22 +472,5 @@ func TestDemoRoundTrip(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "verified") || !strings.Contains(out.String(), "added   bafy") {
 		t.Fatalf("demo output: %s", out.String())
-	}
-}
-
-// No progress bar (nor anything else) goes to stderr when it is not a
-// terminal, so piped and scripted use stays clean.
-func TestNoProgressWhenPiped(t *testing.T) {
-	repo, tmp := t.TempDir(), t.TempDir()
-	src := filepath.Join(tmp, "f.bin")
-	writeKS(t, src, 0, 9<<20)
-	var out, errOut bytes.Buffer
-	root := newRootCmd(&out, &errOut)
-	root.SetArgs([]string{"--repo", repo, "add", src})
-	if err := root.ExecuteContext(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if errOut.Len() != 0 {
-		t.Fatalf("stderr not empty when piped: %q", errOut.String())
 	}
 }
