@@ -129,11 +129,28 @@ func TestImportDirectoriesMatchKubo(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	fileCIDs := map[string]string{} // "file:N/profile" → CID, from kubo-cids.md
+	for _, f := range kuboFileCIDs {
+		for profile, c := range map[string]string{"kubo-v1": f.kuboV1, "kubo": f.kubo, "unixfs-v1-2025": f.v1} {
+			fileCIDs[fmt.Sprintf("file:%d/%s", f.size, profile)] = c
+		}
+	}
 	checked := 0
 	for _, e := range exps {
 		root, ok := trees[e.Tree]
 		if !ok {
-			continue // single files: TestImportFileMatchesKubo
+			// Single files are imported by TestImportFileMatchesKubo and
+			// TestImportPathMatchesKubo against kubo-cids.md; here the two
+			// sets of reference CIDs must agree.
+			want, ok := fileCIDs[e.Tree+"/"+e.Profile]
+			if !ok || len(e.Options) != 0 {
+				t.Fatalf("expected.json: %s/%s %v is neither a tree in tree.json nor a file of kubo-cids.md", e.Tree, e.Profile, e.Options)
+			}
+			if e.Cid != want {
+				t.Errorf("expected.json gives %s for %s/%s, kubo-cids.md %s", e.Cid, e.Tree, e.Profile, want)
+			}
+			checked++
+			continue
 		}
 		opts := ImportOptions{}
 		for _, o := range e.Options {
@@ -177,8 +194,8 @@ func TestImportDirectoriesMatchKubo(t *testing.T) {
 		}
 		checked++
 	}
-	if checked < 15 {
-		t.Fatalf("only %d directory expectations checked", checked)
+	if checked != len(exps) {
+		t.Fatalf("checked %d of the %d expectations", checked, len(exps))
 	}
 }
 

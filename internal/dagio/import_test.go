@@ -1,7 +1,12 @@
 package dagio
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"path/filepath"
 	"testing"
 
 	"github.com/ipfs/boxo/blockservice"
@@ -12,6 +17,7 @@ import (
 	ipld "github.com/ipfs/go-ipld-format"
 
 	"github.com/quarrynet/quarry/internal/keystream"
+	"github.com/quarrynet/quarry/storage"
 )
 
 func memDAG() ipld.DAGService {
@@ -48,6 +54,63 @@ func TestImportFileMatchesKubo(t *testing.T) {
 				t.Errorf("%s, %d bytes: root %s, Kubo gives %s", profile, tc.size, got, want)
 			}
 		}
+	}
+}
+
+// TestImportPathMatchesKubo imports the same files the way `quarry add`
+// does: from a path into a storage.PieceWriter, which takes multi-chunk
+// raw-leaf files (kubo-v1 from 262145 bytes, unixfs-v1-2025 at 10 MiB)
+// through the memory mapping and the parallel prehash; then seals each
+// piece and reads the file back.
+func TestImportPathMatchesKubo(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := storage.Open(storage.Config{Dir: t.TempDir(), NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	checked := 0
+	for _, tc := range kuboFileCIDs {
+		path := filepath.Join(dir, fmt.Sprint(tc.size))
+		writeFile(t, path, 0, int64(tc.size))
+		for _, profile := range []string{"kubo-v1", "kubo", "unixfs-v1-2025"} {
+			want := map[string]string{"kubo-v1": tc.kuboV1, "kubo": tc.kubo, "unixfs-v1-2025": tc.v1}[profile]
+			p, err := ProfileByName(profile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			w, err := s.NewPieceWriter(p.RootLen())
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := ImportPath(ctx, w, path, p, ImportOptions{})
+			if err != nil {
+				w.Abort()
+				t.Fatalf("%s/%d: %v", profile, tc.size, err)
+			}
+			if got := n.Cid().String(); got != want {
+				w.Abort()
+				t.Errorf("%s, %d bytes: root %s, Kubo gives %s", profile, tc.size, got, want)
+				continue
+			}
+			if _, err := w.Seal(ctx, n.Cid()); err != nil {
+				t.Fatalf("%s/%d: seal: %v", profile, tc.size, err)
+			}
+			h := sha256.New()
+			if _, err := Cat(ctx, s, n.Cid(), h); err != nil {
+				t.Fatalf("%s/%d: cat: %v", profile, tc.size, err)
+			}
+			wantSum := sha256.New()
+			io.Copy(wantSum, keystream.Reader(0, int64(tc.size)))
+			if !bytes.Equal(h.Sum(nil), wantSum.Sum(nil)) {
+				t.Errorf("%s/%d: the stored file reads back different", profile, tc.size)
+			}
+			checked++
+		}
+	}
+	if checked != 3*len(kuboFileCIDs) || checked != 15 {
+		t.Fatalf("checked %d of the 15 reference CIDs", checked)
 	}
 }
 
