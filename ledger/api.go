@@ -61,6 +61,13 @@ func grpcError(err error) error {
 
 var errNoLeader = status.Error(codes.Unavailable, "ledger: no leader right now (election in progress?); retry in a moment")
 
+// errNoHistory answers a request for a block below this replica's first
+// one. OutOfRange tells clients apart from a block that does not exist yet
+// (NotFound): another replica may have it.
+func errNoHistory(height, first uint64) error {
+	return status.Errorf(codes.OutOfRange, "ledger: this replica has blocks from height %d (it installed a state snapshot there and keeps no older history); ask another replica for block %d", first, height)
+}
+
 type api struct {
 	ledgerv1.UnimplementedLedgerServer
 	n *Node
@@ -271,6 +278,9 @@ func (a *api) GetTx(_ context.Context, req *ledgerv1.GetTxRequest) (*ledgerv1.Ge
 		return nil, grpcError(err)
 	}
 	if !ok {
+		if first, err := firstBlock(v); err == nil && first > 1 {
+			return nil, status.Errorf(codes.NotFound, "ledger: tx %x is not applied on this replica since height %d, where its history starts (it installed a state snapshot); if it is older, ask another replica; it may also still be queued", h[:8], first)
+		}
 		return nil, status.Errorf(codes.NotFound, "ledger: tx %x is not applied on this replica (yet); it may still be queued: retry, or submit it with wait", h[:8])
 	}
 	raw, ok, err := a.n.ledger.Block(v, loc.GetHeight())
@@ -299,6 +309,13 @@ func (a *api) GetBlock(_ context.Context, req *ledgerv1.GetBlockRequest) (*ledge
 		return nil, grpcError(err)
 	}
 	if !ok {
+		first, err := firstBlock(v)
+		if err != nil {
+			return nil, grpcError(err)
+		}
+		if req.GetHeight() < first {
+			return nil, errNoHistory(req.GetHeight(), first)
+		}
 		head, _, _ := a.n.ledger.Head(v)
 		return nil, status.Errorf(codes.NotFound, "ledger: no block %d on this replica yet (its head is %d)", req.GetHeight(), head.GetHeight())
 	}
@@ -333,15 +350,20 @@ func (a *api) Status(context.Context, *ledgerv1.StatusRequest) (*ledgerv1.Status
 	if err != nil {
 		return nil, grpcError(err)
 	}
+	first, err := firstBlock(v)
+	if err != nil {
+		return nil, grpcError(err)
+	}
 	st := a.n.raft.Status()
 	return &ledgerv1.StatusResponse{
-		ChainId:      a.n.ledger.ChainID(),
-		Head:         head,
-		HeadHash:     hash[:],
-		RaftId:       a.n.cfg.RaftID,
-		LeaderId:     st.Leader,
-		AppliedIndex: applied,
-		Replicas:     a.n.members(),
+		ChainId:          a.n.ledger.ChainID(),
+		Head:             head,
+		HeadHash:         hash[:],
+		RaftId:           a.n.cfg.RaftID,
+		LeaderId:         st.Leader,
+		AppliedIndex:     applied,
+		Replicas:         a.n.members(),
+		FirstBlockHeight: first,
 	}, nil
 }
 
@@ -356,9 +378,18 @@ func (a *api) StreamBlocks(req *ledgerv1.StreamBlocksRequest, stream ledgerv1.Le
 		next := a.n.heads.wait() // before reading, so no block is missed
 		v := a.n.view()
 		blk, hash, ok, err := a.n.block(v, h)
+		var first uint64
+		if err == nil && !ok {
+			first, err = firstBlock(v)
+		}
 		v.Close()
 		if err != nil {
 			return grpcError(err)
+		}
+		if !ok && h < first {
+			// Asked for history this replica does not keep, or it installed
+			// a snapshot past the stream's position.
+			return errNoHistory(h, first)
 		}
 		if ok {
 			if err := stream.Send(&ledgerv1.StreamBlocksResponse{Block: blk, Hash: hash}); err != nil {

@@ -204,7 +204,7 @@ var _ consensus.ConfChangeChecker = (*applier)(nil)
 func (a *applier) Snapshot() ([]byte, error) {
 	snap := a.db.NewSnapshot()
 	defer snap.Close()
-	return encodeSnapshot(reader{snap})
+	return encodeSnapshot(a.ledger, reader{snap})
 }
 
 // Restore implements consensus.Applier. The snapshot's state is checked
@@ -225,9 +225,15 @@ func (a *applier) Restore(data []byte, index uint64) error {
 	if err := market.CheckInvariants(a.ledger, mem); err != nil {
 		return fmt.Errorf("ledger: snapshot at %d fails its checks (state hash or supply): %w", index, err)
 	}
+	first, err := snapshotHistory(a.ledger, mem, head)
+	if err != nil {
+		return fmt.Errorf("ledger: snapshot at %d: %w", index, err)
+	}
+	// The state and the history this replica had are replaced: its blocks
+	// now start at the snapshot's (older ones are on other replicas).
 	b := a.db.NewBatch()
 	defer b.Close()
-	for _, p := range snapshotPrefixes {
+	for _, p := range append(statePrefixes[:len(statePrefixes):len(statePrefixes)], historyPrefixes...) {
 		if err := b.DeleteRange(p, prefixEnd(p), nil); err != nil {
 			return err
 		}
@@ -241,6 +247,9 @@ func (a *applier) Restore(data []byte, index uint64) error {
 	if err != nil {
 		return err
 	}
+	if err := b.Set(keyFirstBlock, binary.BigEndian.AppendUint64(nil, first), nil); err != nil {
+		return err
+	}
 	if err := b.Set(keyApplied, binary.BigEndian.AppendUint64(nil, index), nil); err != nil {
 		return err
 	}
@@ -249,11 +258,45 @@ func (a *applier) Restore(data []byte, index uint64) error {
 	}
 	a.applied = index
 	a.metrics.height.Set(float64(head.GetHeight()))
-	a.log.Info("restored state from snapshot", "index", index, "height", head.GetHeight(), "bytes", len(data))
+	a.log.Info("restored state from snapshot", "index", index, "height", head.GetHeight(), "first_block", first, "bytes", len(data))
 	if a.onRestore != nil {
 		a.onRestore()
 	}
 	return nil
+}
+
+// snapshotHistory checks the blocks a snapshot carries — the head block,
+// matching the head (or, from an older version, the whole history) — and
+// returns the lowest height it has a block for: where this replica's
+// history starts once it is installed.
+func snapshotHistory(l *market.Ledger, mem market.Reader, head *ledgerv1.BlockHeader) (uint64, error) {
+	if head.GetHeight() == 0 {
+		return 1, nil
+	}
+	raw, ok, err := l.Block(mem, head.GetHeight())
+	if err != nil {
+		return 0, err
+	}
+	if !ok {
+		return 0, fmt.Errorf("it lacks its head block %d", head.GetHeight())
+	}
+	_, headHash, _ := l.Head(mem)
+	hb, _, err := splitBlock(raw)
+	if err != nil {
+		return 0, err
+	}
+	if market.BlockHash(hb) != headHash {
+		return 0, fmt.Errorf("its block %d is not its head", head.GetHeight())
+	}
+	first := head.GetHeight()
+	err = mem.Iterate(market.BlockKey(0), market.BlockKey(head.GetHeight()), func(k, _ []byte) bool {
+		if h, ok := market.BlockHeight(k); ok && h >= 1 {
+			first = h
+			return false
+		}
+		return true
+	})
+	return first, err
 }
 
 // initStore initialises an empty DB with the genesis state at applied index

@@ -9,8 +9,10 @@
 //     under "raft/" (consensus.LogStore), the market state under market's
 //     keys (s/ state, b/ blocks, x/ tx locations, m/ head and state-hash
 //     accumulator), and this package's own keys under "l/": the applied
-//     index, the genesis the directory was initialised with, and the
-//     replicated membership (l/member/<raft id> → Replica).
+//     index, the genesis the directory was initialised with, the
+//     replicated membership (l/member/<raft id> → Replica, l/removed/<raft
+//     id>) and the lowest height this replica has blocks for
+//     (l/first_block, see Snapshots and history).
 //   - The applier (consensus.Applier) applies committed entries; the
 //     producer builds blocks on the leader; the mempool holds validated
 //     txs until a block applies them; the API serves ledger.v1 and
@@ -40,6 +42,39 @@
 // applied its first entry; a proposal forwarded to a leader that is
 // stepping down), so each attempt is bounded and repeated until this
 // replica's applied membership shows the change.
+//
+// # Membership across restarts
+//
+// The replicated membership (l/member/) is the only source of who the
+// peers are and where: the transport, the role resolver (which peer IDs
+// get the replica role on the Raft service and LedgerAdmin) and forwarding
+// follow it. A founder's comes from the genesis at initialisation and
+// then from applied entries; Config.Peers are used only by a joiner until
+// it has applied its own addition (or a snapshot listing it), and never
+// for a raft ID recorded as removed. A restart therefore never brings back
+// a removed replica or a replica's old address. A removed raft ID is
+// refused three times: by AddReplica after a ReadIndex, by the applier
+// for a member entry, and by the applier (consensus.ConfChangeChecker)
+// for the conf change, so a removal racing an addition cannot revive it.
+//
+// # Snapshots and history
+//
+// A raft snapshot (Applier.Snapshot) carries the state — s/, m/ and the
+// membership — plus the head block and the tx index entries of its txs:
+// what serving the head and building and checking the next block need.
+// It does not carry older blocks or the tx index, which grow with every
+// block (a few GB an hour at 3,000 tx/s): the snapshot's size follows
+// the state, so a lagging or new replica can always catch up. A replica
+// that installs one replaces its state and its whole history with the
+// snapshot's and records the snapshot's head height as its first block
+// (l/first_block; Status.first_block_height). It serves GetBlock, GetTx
+// and StreamBlocks from there on; below it, GetBlock and StreamBlocks
+// answer OutOfRange ("this replica has blocks from height N …; ask
+// another replica") and GetTx NotFound with the same hint. Clients that
+// follow blocks should take OutOfRange as "try another replica", not as
+// the end of the chain. Founders, and replicas that caught up from the
+// log, keep the full history. A snapshot from an older version (with the
+// whole history) is still accepted.
 //
 // # The durable order
 //

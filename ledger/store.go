@@ -24,13 +24,27 @@ var (
 	// reused, because a replica joining later replays the log from its start
 	// and would apply the old removal of its own ID.
 	prefixRemoved = []byte("l/removed/")
+	// keyFirstBlock is the lowest height this replica has a block (and tx
+	// index entries) for: absent means 1; a restored snapshot sets it to
+	// the snapshot's head. Not replicated: each replica's own history.
+	keyFirstBlock = []byte("l/first_block")
 )
 
-// snapshotPrefixes are the key ranges a state snapshot carries: market's
-// whole key space and the replicated membership. Not the raft log, not the
-// applied index (Restore sets it), not the genesis (every replica of a
-// chain has the same one and checks it at New).
-var snapshotPrefixes = [][]byte{[]byte("b/"), []byte("m/"), []byte("s/"), []byte("x/"), prefixMember, prefixRemoved}
+// statePrefixes are the key ranges a state snapshot carries whole:
+// market's state (s/) and head and state-hash accumulator (m/), and the
+// replicated membership. Not the raft log, not the applied index (Restore
+// sets it), not the genesis (every replica of a chain has the same one and
+// checks it at New), and not the history — market's blocks (b/) and tx
+// index (x/), which grow with every block: a snapshot carries only the
+// head block and its txs' index entries (what GetBlock of the head and the
+// next block's checks need), so its size follows the state, not the
+// chain's age.
+var statePrefixes = [][]byte{[]byte("m/"), []byte("s/"), prefixMember, prefixRemoved}
+
+// historyPrefixes are market's history: replaced by the snapshot's head
+// block on Restore. A snapshot from an older version carries all of it,
+// which Restore still accepts.
+var historyPrefixes = [][]byte{[]byte("b/"), []byte("x/")}
 
 func memberKey(id uint64) []byte { return binary.BigEndian.AppendUint64(bytes.Clone(prefixMember), id) }
 
@@ -104,25 +118,73 @@ func appliedIndex(r market.Reader) (uint64, error) {
 	return binary.BigEndian.Uint64(b), nil
 }
 
-// encodeSnapshot writes every key of the snapshot ranges as
-// (key length, key, value length, value) varint-framed records.
-func encodeSnapshot(r market.Reader) ([]byte, error) {
+// firstBlock is the lowest height r has a block for (see keyFirstBlock).
+func firstBlock(r market.Reader) (uint64, error) {
+	b, ok, err := r.Get(keyFirstBlock)
+	if err != nil || !ok {
+		return 1, err
+	}
+	if len(b) != 8 {
+		return 0, fmt.Errorf("ledger: corrupt %s (%d bytes)", keyFirstBlock, len(b))
+	}
+	return binary.BigEndian.Uint64(b), nil
+}
+
+// encodeSnapshot writes every key of the state ranges, then the head block
+// and the tx index entries of its txs, as (key length, key, value length,
+// value) varint-framed records.
+func encodeSnapshot(l *market.Ledger, r market.Reader) ([]byte, error) {
 	var out []byte
-	for _, p := range snapshotPrefixes {
+	add := func(k, v []byte) {
+		out = protowire.AppendBytes(out, k)
+		out = protowire.AppendBytes(out, v)
+	}
+	for _, p := range statePrefixes {
 		err := r.Iterate(p, prefixEnd(p), func(k, v []byte) bool {
-			out = protowire.AppendBytes(out, k)
-			out = protowire.AppendBytes(out, v)
+			add(k, v)
 			return true
 		})
 		if err != nil {
 			return nil, err
 		}
 	}
+	head, _, err := l.Head(r)
+	if err != nil {
+		return nil, err
+	}
+	if head.GetHeight() == 0 {
+		return out, nil
+	}
+	raw, ok, err := l.Block(r, head.GetHeight())
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("ledger: snapshot: head block %d is missing", head.GetHeight())
+	}
+	add(market.BlockKey(head.GetHeight()), raw)
+	_, txs, err := splitBlock(raw)
+	if err != nil {
+		return nil, err
+	}
+	for _, tx := range txs {
+		h, ok := rawTxHash(tx)
+		if !ok {
+			continue
+		}
+		v, ok, err := r.Get(market.TxKey(h))
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			add(market.TxKey(h), v)
+		}
+	}
 	return out, nil
 }
 
 // decodeSnapshot returns the snapshot's entries in a MemState, refusing
-// keys outside the snapshot ranges.
+// keys outside the state and history ranges.
 func decodeSnapshot(data []byte) (*market.MemState, error) {
 	s := market.NewMemState()
 	for len(data) > 0 {
@@ -147,7 +209,7 @@ func decodeSnapshot(data []byte) (*market.MemState, error) {
 }
 
 func inSnapshotRanges(k []byte) bool {
-	for _, p := range snapshotPrefixes {
+	for _, p := range append(statePrefixes[:len(statePrefixes):len(statePrefixes)], historyPrefixes...) {
 		if bytes.HasPrefix(k, p) {
 			return true
 		}

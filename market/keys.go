@@ -43,6 +43,21 @@ func blockKey(height uint64) []byte {
 	return binary.BigEndian.AppendUint64(concat(prefixBlock), height)
 }
 func txKey(hash [32]byte) []byte { return concat(prefixTx, hash[:]) }
+
+// BlockKey is the key of the block at height (b/<height>): history, not
+// state, so a daemon may keep it out of state snapshots.
+func BlockKey(height uint64) []byte { return blockKey(height) }
+
+// BlockHeight is the height of a BlockKey.
+func BlockHeight(key []byte) (uint64, bool) {
+	if len(key) != len(prefixBlock)+8 || string(key[:len(prefixBlock)]) != string(prefixBlock) {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(key[len(prefixBlock):]), true
+}
+
+// TxKey is the key of a tx's location (x/<tx hash>): history, like BlockKey.
+func TxKey(hash [32]byte) []byte { return txKey(hash) }
 func moduleKey(module string, k []byte) []byte {
 	return concat(prefixModule, []byte(module), []byte{'/'}, k)
 }

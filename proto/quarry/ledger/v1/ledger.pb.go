@@ -1327,12 +1327,17 @@ type StatusResponse struct {
 	HeadHash []byte                 `protobuf:"bytes,3,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
 	// Raft: this replica's ID, the current leader's (0 if unknown) and the
 	// last applied log index.
-	RaftId        uint64     `protobuf:"varint,4,opt,name=raft_id,json=raftId,proto3" json:"raft_id,omitempty"`
-	LeaderId      uint64     `protobuf:"varint,5,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
-	AppliedIndex  uint64     `protobuf:"varint,6,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	Replicas      []*Replica `protobuf:"bytes,7,rep,name=replicas,proto3" json:"replicas,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RaftId       uint64     `protobuf:"varint,4,opt,name=raft_id,json=raftId,proto3" json:"raft_id,omitempty"`
+	LeaderId     uint64     `protobuf:"varint,5,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	AppliedIndex uint64     `protobuf:"varint,6,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	Replicas     []*Replica `protobuf:"bytes,7,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	// The lowest height this replica has a block for (1, or the height of a
+	// state snapshot it installed: snapshots carry no older history).
+	// GetBlock, GetTx and StreamBlocks below it answer OUT_OF_RANGE / NOT_FOUND
+	// here; ask another replica.
+	FirstBlockHeight uint64 `protobuf:"varint,8,opt,name=first_block_height,json=firstBlockHeight,proto3" json:"first_block_height,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -1412,6 +1417,13 @@ func (x *StatusResponse) GetReplicas() []*Replica {
 		return x.Replicas
 	}
 	return nil
+}
+
+func (x *StatusResponse) GetFirstBlockHeight() uint64 {
+	if x != nil {
+		return x.FirstBlockHeight
+	}
+	return 0
 }
 
 type GetGenesisRequest struct {
@@ -1672,7 +1684,7 @@ const file_quarry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x10GetBlockResponse\x12-\n" +
 	"\x05block\x18\x01 \x01(\v2\x17.quarry.ledger.v1.BlockR\x05block\x12\x12\n" +
 	"\x04hash\x18\x02 \x01(\fR\x04hash\"\x0f\n" +
-	"\rStatusRequest\"\x8d\x02\n" +
+	"\rStatusRequest\"\xbb\x02\n" +
 	"\x0eStatusResponse\x12\x19\n" +
 	"\bchain_id\x18\x01 \x01(\tR\achainId\x121\n" +
 	"\x04head\x18\x02 \x01(\v2\x1d.quarry.ledger.v1.BlockHeaderR\x04head\x12\x1b\n" +
@@ -1680,7 +1692,8 @@ const file_quarry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\araft_id\x18\x04 \x01(\x04R\x06raftId\x12\x1b\n" +
 	"\tleader_id\x18\x05 \x01(\x04R\bleaderId\x12#\n" +
 	"\rapplied_index\x18\x06 \x01(\x04R\fappliedIndex\x125\n" +
-	"\breplicas\x18\a \x03(\v2\x19.quarry.ledger.v1.ReplicaR\breplicas\"\x13\n" +
+	"\breplicas\x18\a \x03(\v2\x19.quarry.ledger.v1.ReplicaR\breplicas\x12,\n" +
+	"\x12first_block_height\x18\b \x01(\x04R\x10firstBlockHeight\"\x13\n" +
 	"\x11GetGenesisRequest\"I\n" +
 	"\x12GetGenesisResponse\x123\n" +
 	"\agenesis\x18\x01 \x01(\v2\x19.quarry.ledger.v1.GenesisR\agenesis\"6\n" +

@@ -57,7 +57,9 @@ type LedgerClient interface {
 	GetAccount(ctx context.Context, in *GetAccountRequest, opts ...grpc.CallOption) (*GetAccountResponse, error)
 	// GetTx returns an applied tx and where it is.
 	GetTx(ctx context.Context, in *GetTxRequest, opts ...grpc.CallOption) (*GetTxResponse, error)
-	// GetBlock returns a block by height.
+	// GetBlock returns a block by height. A replica that installed a state
+	// snapshot has no blocks below its first_block_height (Status): it
+	// answers OUT_OF_RANGE for those, and another replica may have them.
 	GetBlock(ctx context.Context, in *GetBlockRequest, opts ...grpc.CallOption) (*GetBlockResponse, error)
 	// Status returns the chain head and the replica's view of the cluster.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
@@ -65,7 +67,9 @@ type LedgerClient interface {
 	GetGenesis(ctx context.Context, in *GetGenesisRequest, opts ...grpc.CallOption) (*GetGenesisResponse, error)
 	// StreamBlocks sends every block from from_height on, then each new
 	// block as it is applied. A client that reconnects resumes with
-	// from_height = last received height + 1.
+	// from_height = last received height + 1. A from_height below the
+	// replica's first_block_height ends the stream with OUT_OF_RANGE (see
+	// GetBlock): resume on another replica.
 	StreamBlocks(ctx context.Context, in *StreamBlocksRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamBlocksResponse], error)
 }
 
@@ -170,7 +174,9 @@ type LedgerServer interface {
 	GetAccount(context.Context, *GetAccountRequest) (*GetAccountResponse, error)
 	// GetTx returns an applied tx and where it is.
 	GetTx(context.Context, *GetTxRequest) (*GetTxResponse, error)
-	// GetBlock returns a block by height.
+	// GetBlock returns a block by height. A replica that installed a state
+	// snapshot has no blocks below its first_block_height (Status): it
+	// answers OUT_OF_RANGE for those, and another replica may have them.
 	GetBlock(context.Context, *GetBlockRequest) (*GetBlockResponse, error)
 	// Status returns the chain head and the replica's view of the cluster.
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
@@ -178,7 +184,9 @@ type LedgerServer interface {
 	GetGenesis(context.Context, *GetGenesisRequest) (*GetGenesisResponse, error)
 	// StreamBlocks sends every block from from_height on, then each new
 	// block as it is applied. A client that reconnects resumes with
-	// from_height = last received height + 1.
+	// from_height = last received height + 1. A from_height below the
+	// replica's first_block_height ends the stream with OUT_OF_RANGE (see
+	// GetBlock): resume on another replica.
 	StreamBlocks(*StreamBlocksRequest, grpc.ServerStreamingServer[StreamBlocksResponse]) error
 	mustEmbedUnimplementedLedgerServer()
 }
