@@ -6,7 +6,9 @@ import (
 	"io"
 	"math/rand/v2"
 	"runtime"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -18,7 +20,7 @@ import (
 type testStore struct {
 	data   map[Hash][]byte
 	layers map[Hash][]byte // serialised, as the store keeps them
-	reads  int64           // bytes read through ReaderAt
+	reads  atomic.Int64    // bytes read through ReaderAt
 }
 
 func newTestStore() *testStore {
@@ -41,12 +43,12 @@ func (st *testStore) put(t testing.TB, data []byte) Commitment {
 
 type countingReader struct {
 	r     io.ReaderAt
-	reads *int64
+	reads *atomic.Int64
 }
 
 func (c countingReader) ReadAt(p []byte, off int64) (int, error) {
 	n, err := c.r.ReadAt(p, off)
-	*c.reads += int64(n)
+	c.reads.Add(int64(n))
 	return n, err
 }
 
@@ -354,12 +356,30 @@ func TestProveReadsOneSubtree(t *testing.T) {
 	f := newFixture()
 	f.add(t, randBytes(r, 40*StoredSubtreeSize+5))
 	f.add(t, randBytes(r, 3*LeafSize))
-	f.st.reads = 0
+	f.st.reads.Store(0)
 	const k = 16
 	f.check(t, seedOf(1), k)
-	if f.st.reads > k*StoredSubtreeSize {
-		t.Fatalf("prove read %d bytes for %d challenges", f.st.reads, k)
+	if n := f.st.reads.Load(); n > k*StoredSubtreeSize {
+		t.Fatalf("prove read %d bytes for %d challenges", n, k)
 	}
+}
+
+// TestProveLeavesNoGoroutines: Prove reads and hashes on several
+// goroutines, all ended when it returns (synctest fails on any left).
+func TestProveLeavesNoGoroutines(t *testing.T) {
+	f := newFixture()
+	f.addLayout(t, rand.New(rand.NewPCG(27, 28)), []int{300 << 10, 5 << 10, 200 << 10})
+	synctest.Test(t, func(t *testing.T) {
+		for _, k := range []int{1, 2, DefaultChallenges, MaxChallenges} {
+			p, err := f.set.Prove(testSetID, seedOf(k), k, f.st)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := Verify(f.set.Root(), testSetID, seedOf(k), k, p); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
 }
 
 func TestProveDetectsCorruptData(t *testing.T) {

@@ -3,6 +3,8 @@ package proofs
 import (
 	"fmt"
 	"io"
+	"sync"
+	"sync/atomic"
 )
 
 // PieceSource gives the prover a piece's bytes and its stored layers.
@@ -20,10 +22,16 @@ func (f PieceSourceFunc) OpenPiece(slot uint64, c Commitment) (io.ReaderAt, *Lay
 	return f(slot, c)
 }
 
+// proveReaders bounds the subtree reads Prove has in flight at once.
+const proveReaders = 16
+
 // Prove answers the k challenges that seed derives over s, the proof set
 // identified by setID (see Challenges). Each challenge reads one stored
 // subtree (at most StoredSubtreeSize bytes) of one piece; each challenged
-// piece is opened once.
+// piece is opened once. The reads, and the rehashing of what they read, run
+// on up to 16 goroutines at once — io.ReaderAt allows parallel ReadAt calls
+// — so a period costs about one disk latency rather than K; all of them end
+// before Prove returns.
 func (s *ProofSet) Prove(setID []byte, seed [32]byte, k int, src PieceSource) (*Proof, error) {
 	total := s.TotalLeaves()
 	idx, err := Challenges(setID, seed, k, total)
@@ -35,9 +43,13 @@ func (s *ProofSet) Prove(setID []byte, seed [32]byte, k int, src PieceSource) (*
 		l *Layers
 	}
 	open := make(map[uint64]opened)
-	lh := newLeafHasher(defaultShape)
-	buf := make([]byte, StoredSubtreeSize)
+	type task struct {
+		o     opened
+		local uint64
+	}
+	tasks := make([]task, k)
 	p := &Proof{TotalLeaves: total, Challenges: make([]ChallengeProof, k)}
+	data := make([]byte, k*LeafSize)
 	for j, g := range idx {
 		slot, local, err := s.Locate(g)
 		if err != nil {
@@ -58,12 +70,42 @@ func (s *ProofSet) Prove(setID []byte, seed [32]byte, k int, src PieceSource) (*
 		}
 		cp := &p.Challenges[j]
 		cp.Leaf, cp.Slot, cp.PieceSize = g, slot, c.Size
-		cp.Data = make([]byte, LeafSize)
+		cp.Data = data[j*LeafSize : (j+1)*LeafSize : (j+1)*LeafSize]
 		cp.PiecePath = make([]Hash, c.Height())
-		if err := o.l.proveLeaf(o.r, local, lh, buf, cp.Data, cp.PiecePath); err != nil {
-			return nil, fmt.Errorf("proofs: slot %d leaf %d: %w", slot, local, err)
-		}
 		cp.SetPath = s.path(slot, make([]SetNode, 0, s.Height()))
+		tasks[j] = task{o, local}
+	}
+	errs := make([]error, k)
+	prove := func(j int, lh *leafHasher, buf []byte) {
+		t, cp := &tasks[j], &p.Challenges[j]
+		if err := t.o.l.proveLeaf(t.o.r, t.local, lh, buf, cp.Data, cp.PiecePath); err != nil {
+			errs[j] = fmt.Errorf("proofs: slot %d leaf %d: %w", cp.Slot, t.local, err)
+		}
+	}
+	if workers := min(k, proveReaders); workers == 1 {
+		lh, buf := newLeafHasher(defaultShape), make([]byte, StoredSubtreeSize)
+		for j := range k {
+			prove(j, lh, buf)
+		}
+	} else {
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		wg.Add(workers)
+		for range workers {
+			go func() {
+				defer wg.Done()
+				lh, buf := newLeafHasher(defaultShape), make([]byte, StoredSubtreeSize)
+				for j := int(next.Add(1) - 1); j < k; j = int(next.Add(1) - 1) {
+					prove(j, lh, buf)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
 	}
 	return p, nil
 }
