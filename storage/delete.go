@@ -10,8 +10,8 @@ import (
 )
 
 // Delete removes the DAG stored under root and reclaims its space: one synced
-// batch drops the piece's block locations, record, root entry and layers,
-// then its file is removed. Blocks that another piece (or a loose Put) also
+// batch drops the piece's block locations, record, root entry, layers and
+// commitment index entry, then its file is removed. Blocks that another piece (or a loose Put) also
 // holds stay readable through it.
 func (s *Store) Delete(ctx context.Context, root cid.Cid) error {
 	p, err := s.PieceByRoot(root)
@@ -41,6 +41,9 @@ func (s *Store) deletePiece(p *Piece, rk []byte) error {
 	}
 	_ = b.Delete(idKey(prefixPiece, p.ID), nil)
 	_ = b.Delete(idKey(prefixLayers, p.ID), nil)
+	if len(p.CommitmentBin) > 0 {
+		_ = b.Delete(commitmentKey(p.CommitmentBin), nil)
+	}
 	if rk != nil {
 		_ = b.Delete(rk, nil)
 	}

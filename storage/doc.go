@@ -28,6 +28,7 @@
 //	p <piece id>               → piece record (JSON)
 //	r <root cid>               → piece id              (sealed DAG pieces by root)
 //	l <piece id>               → proof layers (proofs.Layers binary form)
+//	c <commitment bytes>       → piece id              (sealed DAG pieces by commitment, for the prover)
 //	n                          → next piece id
 //
 // # Sealing a piece: states and durable steps
@@ -44,10 +45,10 @@
 //	    the file is fdatasync'ed, renamed to <id>.car and the directory is
 //	    fsync'ed. [crash point: partial or orphan file, removed at Open]
 //	 3. One Pebble batch with every block location, the piece record, the root
-//	    entry and the proof layers is committed with Sync. Only now is the piece
+//	    entry, the proof layers and the commitment entry is committed with Sync. Only now is the piece
 //	    acknowledged. [crash point: either the whole batch is there or none]
-//	 4. Delete: one synced batch removes the piece's locations, record, root and
-//	    layers; then the file is removed. [crash point: orphan file, removed at
+//	 4. Delete: one synced batch removes the piece's locations, record, root,
+//	    layers and commitment entry; then the file is removed. [crash point: orphan file, removed at
 //	    Open]. Deleting a DAG therefore reclaims all of its space; a block that
 //	    another piece also holds stays readable through that piece.
 //

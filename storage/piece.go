@@ -316,6 +316,7 @@ func (w *PieceWriter) seal(ctx context.Context, root cid.Cid) (*Piece, error) {
 	_ = b.Set(idKey(prefixPiece, w.id), rec, nil)
 	_ = b.Set(rootKey(root), binary.BigEndian.AppendUint64(nil, w.id), nil)
 	_ = b.Set(idKey(prefixLayers, w.id), lbin, nil)
+	_ = b.Set(commitmentKey(cbin), binary.BigEndian.AppendUint64(nil, w.id), nil)
 
 	w.s.sealMu.Lock()
 	defer w.s.sealMu.Unlock()

@@ -2,12 +2,14 @@ package storage
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"runtime"
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
 	mh "github.com/multiformats/go-multihash"
@@ -110,4 +112,110 @@ func committerWorkers() int {
 	buf := make([]byte, 4<<20)
 	buf = buf[:runtime.Stack(buf, true)]
 	return bytes.Count(buf, []byte("proofs.(*workerPool).run"))
+}
+
+// The prover finds pieces through the commitment index, which seal writes
+// and delete removes in their batches, and decodes each piece's layers once
+// while they fit its cache.
+func TestProofSourceIndexAndCache(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	set := proofs.NewProofSet()
+	var pieces []*Piece
+	var coms []proofs.Commitment
+	for i, n := range []int64{2 << 20, 3 << 20, 1 << 20} {
+		p := addFile(t, s, int64(i)*17, n, "unixfs-v1-2025")
+		c, _ := proofs.ParseCommitment(p.Commitment)
+		set.Add(c)
+		pieces, coms = append(pieces, p), append(coms, c)
+		if id, err := s.pieceByCommitment(c); err != nil || id != p.ID {
+			t.Fatalf("piece %d by commitment: %d, %v", p.ID, id, err)
+		}
+		if _, closer, err := s.db.Get(commitmentKey(p.CommitmentBin)); err != nil {
+			t.Fatalf("piece %d: no commitment index entry after seal: %v", p.ID, err)
+		} else {
+			closer.Close()
+		}
+	}
+	miner := []byte("12D3KooWcache-test")
+	prove := func(src *ProofSource, seed byte) {
+		t.Helper()
+		proof, err := set.Prove(miner, [32]byte{seed}, proofs.DefaultChallenges, src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := proofs.Verify(set.Root(), miner, [32]byte{seed}, proofs.DefaultChallenges, proof); err != nil {
+			t.Fatal(err)
+		}
+	}
+	decodes := func(src *ProofSource) int {
+		src.mu.Lock()
+		defer src.mu.Unlock()
+		return src.mu.decodes
+	}
+
+	// 16 challenges over three pieces of 1–3 MiB hit all three almost
+	// surely; however many, the second period decodes nothing.
+	src := s.ProofSource()
+	prove(src, 1)
+	first := decodes(src)
+	if first == 0 || first > 3 {
+		t.Fatalf("first period decoded %d pieces' layers", first)
+	}
+	for seed := byte(2); seed < 6; seed++ {
+		prove(src, seed)
+	}
+	if n := decodes(src); n > 3 {
+		t.Fatalf("five periods over three pieces decoded layers %d times", n)
+	}
+	// No cache: every period decodes what it opens.
+	none := s.NewProofSource(0)
+	prove(none, 1)
+	prove(none, 1)
+	if n := decodes(none); n != 2*first {
+		t.Fatalf("uncached source decoded %d times over two periods, want %d", n, 2*first)
+	}
+	// A bound that holds one piece's layers keeps the cache under it.
+	small := s.NewProofSource(2*len(mustLayers(t, s, pieces[1].ID)) + 256)
+	for seed := byte(1); seed < 6; seed++ {
+		prove(small, seed)
+	}
+	small.mu.Lock()
+	if small.mu.bytes > small.limit || small.mu.lru.Len() != 1 {
+		t.Errorf("bounded cache holds %d bytes in %d entries (limit %d)", small.mu.bytes, small.mu.lru.Len(), small.limit)
+	}
+	small.mu.Unlock()
+
+	// A piece indexed before the index existed is found by a scan, once.
+	if err := s.db.Delete(commitmentKey(pieces[2].CommitmentBin), s.writeOpts); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := s.pieceByCommitment(coms[2]); err != nil || id != pieces[2].ID {
+		t.Fatalf("unindexed piece: %d, %v", id, err)
+	}
+	if _, closer, err := s.db.Get(commitmentKey(pieces[2].CommitmentBin)); err != nil {
+		t.Fatalf("unindexed piece was not indexed on first use: %v", err)
+	} else {
+		closer.Close()
+	}
+
+	// Delete drops the entry with the piece.
+	root := mustCID(t, pieces[0])
+	if err := s.Delete(context.Background(), root); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.db.Get(commitmentKey(pieces[0].CommitmentBin)); !errors.Is(err, pebble.ErrNotFound) {
+		t.Fatalf("commitment index entry after delete: %v", err)
+	}
+	if _, _, err := src.OpenPiece(0, coms[0]); !errors.Is(err, ErrNoPiece) {
+		t.Fatalf("deleted piece opened for proving (its layers were cached): %v", err)
+	}
+}
+
+func mustLayers(t *testing.T, s *Store, id uint64) []byte {
+	t.Helper()
+	b, err := s.Layers(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
