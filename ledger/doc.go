@@ -73,7 +73,9 @@
 // another replica") and GetTx NotFound with the same hint. Clients that
 // follow blocks should take OutOfRange as "try another replica", not as
 // the end of the chain. Founders, and replicas that caught up from the
-// log, keep the full history. A snapshot from an older version (with the
+// log, keep the full history. On a leader that installed a snapshot, a
+// resubmitted tx applied below its first height is answered with the
+// stale-nonce error rather than its location. A snapshot from an older version (with the
 // whole history) is still accepted.
 //
 // # The durable order
@@ -188,6 +190,7 @@
 // fee below the minimum or an overflowing amount; FailedPrecondition for a
 // stale or future nonce, insufficient funds, an unknown account or an
 // expired tx; ResourceExhausted for a tx too large or a full mempool;
-// Unavailable when there is no leader or the replica is not ready. The
-// messages are market's, which say what to do.
+// Unavailable when there is no leader or the replica is not ready;
+// OutOfRange for a block below the replica's first block height (ask
+// another replica). The messages are market's, which say what to do.
 package ledger
