@@ -266,7 +266,10 @@ func newCatCmd(g *globals) *cobra.Command {
 			return g.withStore(ctx, args[0], func(s *storage.Store, c cid.Cid) error {
 				m := g.progress("reading", true, func() int64 { return fileSize(ctx, s, c) })
 				defer m.finish()
-				bw := bufio.NewWriterSize(m.writer(g.stdout), 1<<20)
+				// Small enough that Cat's block-sized writes go straight
+				// through (bufio copies a write only into a non-empty
+				// buffer); it only gathers small leaves and inline data.
+				bw := bufio.NewWriterSize(m.writer(g.stdout), 64<<10)
 				if _, err := dagio.Cat(ctx, s, c, bw); err != nil {
 					return fmt.Errorf("cat %s: %w", c, err)
 				}

@@ -189,6 +189,14 @@ func (s meteredStore) ReadBlock(ctx context.Context, c cid.Cid, buf []byte) ([]b
 	return b, err
 }
 
+func (s meteredStore) Borrow(ctx context.Context, c cid.Cid) ([]byte, func(), error) {
+	b, release, err := s.Store.Borrow(ctx, c)
+	if err == nil {
+		s.m.add(len(b))
+	}
+	return b, release, err
+}
+
 func (s meteredStore) View(ctx context.Context, c cid.Cid, fn func([]byte) error) error {
 	return s.Store.View(ctx, c, func(b []byte) error {
 		s.m.add(len(b))
