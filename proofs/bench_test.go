@@ -122,6 +122,37 @@ func BenchmarkCommitter1GiBStream(b *testing.B) {
 	}
 }
 
+// discardNodes is a CommitterOptions.Nodes target that keeps nothing.
+type discardNodes struct{}
+
+func (discardNodes) WriteAt(p []byte, _ int64) (int, error) { return len(p), nil }
+
+// BenchmarkCommitter1GiBStreamEmit is the stream benchmark with a deferred
+// prefix and the stored level written out as it is computed, as the store
+// commits: constant memory, same speed.
+func BenchmarkCommitter1GiBStreamEmit(b *testing.B) {
+	_, want, _ := gibPiece(b)
+	data := genBytes(1 << 30)
+	b.SetBytes(int64(len(data)))
+	b.ResetTimer()
+	m := startCPU()
+	defer func() { m.report(b, int64(len(data))) }()
+	for b.Loop() {
+		c, err := NewCommitterWith(CommitterOptions{Deferred: true, PrefixLen: 59, Nodes: discardNodes{}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.Write(data[59 : 256<<10])
+		for off := 256 << 10; off < len(data); off += 256 << 10 {
+			c.Write(data[off : off+256<<10])
+		}
+		got, _, err := c.FinishWithPrefix(data[:59])
+		if err != nil || got != want {
+			b.Fatal(got, err)
+		}
+	}
+}
+
 // BenchmarkLeafSize commits 256 MiB with each candidate leaf size, the
 // measurement behind LeafSize (see docs/proofs.md).
 func BenchmarkLeafSize(b *testing.B) {

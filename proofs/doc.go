@@ -103,8 +103,9 @@
 // both yields the path's lower part and checks the stored bytes against the
 // stored layers, reporting [ErrCorrupt] rather than sending a proof that will
 // fail — and takes the rest of the path from the layers and the set's sum
-// tree. A [Proof] holds, per challenge, the leaf bytes, the piece path and the
-// set path up to the proof-set root.
+// tree. The K reads run concurrently, on goroutines that end before Prove
+// returns. A [Proof] holds, per challenge, the leaf bytes, the piece path and
+// the set path up to the proof-set root.
 //
 // [Verify] takes the proof-set root, the set's identifier, the seed, K and a
 // proof, rederives the challenges and checks each path: O(K·(log piece + log set)) hashes, with
