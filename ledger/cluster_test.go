@@ -54,7 +54,7 @@ func TestClusterTransfers(t *testing.T) {
 	}
 	// Pipelined nonces from one account, without wait, to several replicas.
 	for n := uint64(2); n <= 20; n++ {
-		if _, err := c.api(n%3+1).SubmitTx(ctx, &ledgerv1.SubmitTxRequest{SignedTx: c.transfer(0, n, 7, 1)}); err != nil {
+		if _, err := c.submitReq(ctx, n%3+1, &ledgerv1.SubmitTxRequest{SignedTx: c.transfer(0, n, 7, 1)}); err != nil {
 			t.Fatalf("nonce %d: %v", n, err)
 		}
 	}
@@ -152,7 +152,7 @@ func TestBadInput(t *testing.T) {
 		{"too far ahead", tx(func(m *ledgerv1.Tx) { m.Nonce = 2 + MaxFutureNonces + 5 }), codes.FailedPrecondition, ""},
 	} {
 		for id := uint64(1); id <= 3; id++ {
-			_, err := c.api(id).SubmitTx(ctx, &ledgerv1.SubmitTxRequest{SignedTx: tc.raw, Wait: true})
+			_, err := c.submitReq(ctx, id, &ledgerv1.SubmitTxRequest{SignedTx: tc.raw, Wait: true})
 			wantCode(t, err, tc.code, tc.name)
 			if err != nil && !strings.Contains(status.Convert(err).Message(), tc.msg) {
 				t.Errorf("%s: message %q lacks %q", tc.name, status.Convert(err).Message(), tc.msg)
@@ -166,7 +166,7 @@ func TestBadInput(t *testing.T) {
 	}
 	// A future nonce is held, not applied, until the gap fills.
 	future := c.transfer(1, 3, 2, 5)
-	if _, err := c.api(1).SubmitTx(ctx, &ledgerv1.SubmitTxRequest{SignedTx: future}); err != nil {
+	if _, err := c.submitReq(ctx, 1, &ledgerv1.SubmitTxRequest{SignedTx: future}); err != nil {
 		t.Fatalf("future nonce: %v", err)
 	}
 	c.agree()

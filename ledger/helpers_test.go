@@ -347,8 +347,27 @@ func (c *cluster) signTx(k *identity.Key, tx *ledgerv1.Tx) []byte {
 	return raw
 }
 
+// submit submits raw to replica id and waits for its inclusion. Like any
+// client it retries (the same tx: idempotent by hash) while the answer is
+// Unavailable — no leader for a moment, which a loaded test machine can
+// cause at any time — until ctx ends.
 func (c *cluster) submit(ctx context.Context, id uint64, raw []byte) (*ledgerv1.SubmitTxResponse, error) {
-	return c.api(id).SubmitTx(ctx, &ledgerv1.SubmitTxRequest{SignedTx: raw, Wait: true})
+	return c.submitReq(ctx, id, &ledgerv1.SubmitTxRequest{SignedTx: raw, Wait: true})
+}
+
+// submitReq is submit for any request.
+func (c *cluster) submitReq(ctx context.Context, id uint64, req *ledgerv1.SubmitTxRequest) (*ledgerv1.SubmitTxResponse, error) {
+	for {
+		resp, err := c.api(id).SubmitTx(ctx, req)
+		if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+			return resp, err
+		}
+		select {
+		case <-ctx.Done():
+			return resp, err
+		case <-time.After(20 * time.Millisecond): // a client's retry pace
+		}
+	}
 }
 
 // agree waits until every running replica has the same head, then checks
