@@ -181,7 +181,9 @@
 // consensus explains). Every other read (GetAccount by default, GetTx,
 // GetBlock, Status, StreamBlocks) answers from the local applied state, as
 // of one Pebble snapshot, and says the height it reflects: it may lag the
-// leader, never by a block that was not committed.
+// leader, never by a block that was not committed. GetAccount of an
+// address that never received tokens answers a zero account with exists
+// = false.
 //
 // # Errors
 //
