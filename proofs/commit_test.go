@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"runtime"
 	"strings"
@@ -562,6 +563,26 @@ func TestCommitterStopsItsWorkers(t *testing.T) {
 				}
 			})
 		})
+	}
+}
+
+// Aborting a deferred committer whose first chunk was dropped unhashed
+// (the workers drop queued chunks once Abort begins) stops cleanly: the
+// dropped chunk has no nodes, and node 0 is not taken from it.
+func TestAbortDeferredWithDroppedChunks(t *testing.T) {
+	data := randBytes(rand.New(rand.NewPCG(47, 48)), 3*chunkSize)
+	for _, nodes := range []io.WriterAt{nil, discardNodes{}} {
+		c, err := NewCommitterWith(CommitterOptions{Deferred: true, PrefixLen: 59, Nodes: nodes})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(data[:chunkSize])
+		c.pool.discard.Store(true) // as Abort does, before the workers reach the chunks
+		c.Write(data[chunkSize:])
+		c.Abort()
+		if _, err := c.Write([]byte{1}); !errors.Is(err, ErrUsage) {
+			t.Errorf("Write after Abort: %v", err)
+		}
 	}
 }
 

@@ -271,7 +271,11 @@ func (c *Committer) drain(keep int) {
 		c.ring[c.head] = nil
 		c.head = (c.head + 1) % len(c.ring)
 		c.n--
-		c.add(j.out[:j.n])
+		if !c.pool.discard.Load() {
+			// An aborting committer's jobs carry no nodes (or a reused
+			// job's stale ones): nothing to fold or emit.
+			c.add(j.out[:j.n])
+		}
 		if j.owned {
 			c.free = append(c.free, j.data)
 		}
