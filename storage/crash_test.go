@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/ipfs/go-cid"
+	ipld "github.com/ipfs/go-ipld-format"
 
 	"github.com/quarrynet/quarry/internal/dagio"
 	"github.com/quarrynet/quarry/internal/keystream"
@@ -62,7 +63,14 @@ func TestCrashChild(t *testing.T) {
 			fmt.Println("error", err)
 			os.Exit(2)
 		}
-		root, err := dagio.ImportFile(ctx, w, keystream.Reader(off, n), p)
+		var root ipld.Node
+		if i%4 == 3 {
+			// Blocks in reverse order (root first): the piece is rewritten
+			// in canonical order at seal, a crash point of its own.
+			root, err = importReversed(ctx, w, keystream.Reader(off, n), p)
+		} else {
+			root, err = dagio.ImportFile(ctx, w, keystream.Reader(off, n), p)
+		}
 		if err != nil {
 			fmt.Println("error", err)
 			os.Exit(2)
@@ -89,6 +97,61 @@ func TestCrashChild(t *testing.T) {
 	}
 	os.Exit(0)
 }
+
+// importReversed builds the DAG in memory and hands its blocks to w root
+// first, as a CAR from elsewhere might.
+func importReversed(ctx context.Context, w *PieceWriter, r io.Reader, p dagio.Profile) (ipld.Node, error) {
+	mem := &nodeList{}
+	root, err := dagio.ImportFile(ctx, mem, r, p)
+	if err != nil {
+		return nil, err
+	}
+	for i := len(mem.nodes) - 1; i >= 0; i-- {
+		if err := w.Add(ctx, mem.nodes[i]); err != nil {
+			return nil, err
+		}
+	}
+	return root, nil
+}
+
+// nodeList is an ipld.DAGService that keeps the nodes added to it in order.
+type nodeList struct {
+	nodes []ipld.Node
+}
+
+func (l *nodeList) Add(_ context.Context, n ipld.Node) error {
+	l.nodes = append(l.nodes, n)
+	return nil
+}
+
+func (l *nodeList) AddMany(ctx context.Context, ns []ipld.Node) error {
+	for _, n := range ns {
+		l.Add(ctx, n)
+	}
+	return nil
+}
+
+func (l *nodeList) Get(_ context.Context, c cid.Cid) (ipld.Node, error) {
+	for _, n := range l.nodes {
+		if n.Cid().Equals(c) {
+			return n, nil
+		}
+	}
+	return nil, ipld.ErrNotFound{Cid: c}
+}
+
+func (l *nodeList) GetMany(ctx context.Context, cs []cid.Cid) <-chan *ipld.NodeOption {
+	out := make(chan *ipld.NodeOption, len(cs))
+	for _, c := range cs {
+		n, err := l.Get(ctx, c)
+		out <- &ipld.NodeOption{Node: n, Err: err}
+	}
+	close(out)
+	return out
+}
+
+func (l *nodeList) Remove(context.Context, cid.Cid) error       { return nil }
+func (l *nodeList) RemoveMany(context.Context, []cid.Cid) error { return nil }
 
 // TestKillDuringImport SIGKILLs a real child process while it imports,
 // seals and deletes DAGs, then reopens the store and checks that every
