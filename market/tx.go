@@ -183,12 +183,16 @@ func (l *Ledger) verify(txs []*Tx) []error {
 	return out
 }
 
-// VerifySequential is the default Config.Verify: identity.Verify on each
-// check, on the calling goroutine.
+// VerifySequential is the default Config.Verify: each check on the calling
+// goroutine, with the ledger's signature rules (identity.Verifier's:
+// crypto/ed25519's, but refusing small-order keys, for which anyone can
+// sign). A Config.Verify must apply exactly these rules, or replicas would
+// disagree on which txs are valid.
 func VerifySequential(checks []SignatureCheck) []error {
+	v := identity.NewVerifier(0)
 	errs := make([]error, len(checks))
 	for i, c := range checks {
-		errs[i] = identity.Verify(c.Signer, c.Msg, c.Sig)
+		errs[i] = v.Verify(c.Signer, c.Msg, c.Sig)
 	}
 	return errs
 }

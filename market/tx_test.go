@@ -5,9 +5,12 @@ import (
 	"math"
 	"testing"
 
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/quarrynet/quarry/internal/identity"
 	ledgerv1 "github.com/quarrynet/quarry/proto/quarry/ledger/v1"
 )
 
@@ -68,12 +71,36 @@ func TestBadTxRejected(t *testing.T) {
 		raw := transferTx(t, a, 2, b.PeerID(), 10)
 		return protowire.AppendVarint(protowire.AppendTag(raw, 9, protowire.VarintType), 1)
 	}
+	smallOrder := func() []byte {
+		// The sender's key is the identity point (small order): under
+		// crypto/ed25519's rules R = identity, S = 0 signs anything for it.
+		pub, err := crypto.UnmarshalEd25519PublicKey(append([]byte{1}, make([]byte, 31)...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := peer.IDFromPublicKey(pub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tx := &ledgerv1.Tx{
+			ChainId: testChain, Sender: []byte(id), Nonce: 1, ExpiryHeight: 1000, Fee: 1,
+			Body: &ledgerv1.Tx_Transfer{Transfer: &ledgerv1.Transfer{To: []byte(b.PeerID()), Amount: 1}},
+		}
+		txb, _ := proto.MarshalOptions{Deterministic: true}.Marshal(tx)
+		sig := append(append([]byte{1}, make([]byte, 31)...), make([]byte, 32)...)
+		if err := identity.Verify(id, TxSigningBytes(txb), sig); err != nil {
+			t.Fatalf("the forgery no longer fools crypto/ed25519 (%v); this case tests nothing", err)
+		}
+		out, _ := proto.MarshalOptions{Deterministic: true}.Marshal(&ledgerv1.SignedTx{Tx: txb, Signature: sig})
+		return out
+	}
 	cases := []struct {
 		name string
 		raw  []byte
 		want error
 	}{
 		{"forged signature", forged(), ErrBadSignature},
+		{"small-order sender key", smallOrder(), ErrBadSignature},
 		{"tampered after signing", tampered(), ErrBadSignature},
 		{"replayed tx", transferTx(t, a, 1, b.PeerID(), 10), ErrStaleNonce},
 		{"stale nonce 0", transferTx(t, a, 0, b.PeerID(), 10), ErrStaleNonce},
