@@ -29,13 +29,7 @@ func mapRefs(s *Store, id uint64) int {
 func TestBorrowOutlivesDelete(t *testing.T) {
 	s := openTest(t, t.TempDir())
 	ctx := context.Background()
-	p := addFile(t, s, 0, 3<<20, "unixfs-v1-2025")
-	root := mustCID(t, p)
-	blk, err := s.Get(ctx, root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	links, _ := Links(root, blk.RawData())
+	p, root, links := addLeaves(t, s, 3<<20)
 	var releases []func()
 	for _, c := range links {
 		if data := keep(t, s, c, &releases); len(data) != 1<<20 {
@@ -79,13 +73,7 @@ func TestBorrowOutlivesDelete(t *testing.T) {
 func TestBorrowCorruptBlock(t *testing.T) {
 	s := openTest(t, t.TempDir())
 	ctx := context.Background()
-	p := addFile(t, s, 0, 2<<20, "unixfs-v1-2025")
-	root := mustCID(t, p)
-	blk, err := s.Get(ctx, root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	links, _ := Links(root, blk.RawData())
+	p, _, links := addLeaves(t, s, 2<<20)
 	loc, err := s.locate(links[0].Hash(), 1)
 	if err != nil || len(loc) != 1 {
 		t.Fatalf("locate: %v %v", loc, err)
@@ -119,4 +107,21 @@ func keep(t *testing.T, s *Store, c cid.Cid, releases *[]func()) []byte {
 	}
 	*releases = append(*releases, release)
 	return data
+}
+
+// addLeaves adds an n-byte file (unixfs-v1-2025: 1 MiB raw leaves under one
+// root) and returns its piece, root and leaf CIDs.
+func addLeaves(t *testing.T, s *Store, n int64) (*Piece, cid.Cid, []cid.Cid) {
+	t.Helper()
+	p := addFile(t, s, 0, n, "unixfs-v1-2025")
+	root := mustCID(t, p)
+	blk, err := s.Get(context.Background(), root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	links, err := Links(root, blk.RawData())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, root, links
 }

@@ -630,13 +630,7 @@ func TestPieceIDsNeverRepeatAcrossRestarts(t *testing.T) {
 func TestDeleteWhileReading(t *testing.T) {
 	s := openTest(t, t.TempDir())
 	ctx := context.Background()
-	p := addFile(t, s, 0, 3<<20, "unixfs-v1-2025")
-	root := mustCID(t, p)
-	blk, err := s.Get(ctx, root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	links, _ := Links(root, blk.RawData())
+	p, root, links := addLeaves(t, s, 3<<20)
 	holding, release := make(chan struct{}), make(chan struct{})
 	viewErr := make(chan error, 1)
 	go func() {
