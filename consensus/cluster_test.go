@@ -31,7 +31,12 @@ type kvApplier struct {
 
 	mu      sync.Mutex // guards applied against test goroutines reading
 	applied uint64
+	// withhold is what WithholdSnapshot answers.
+	withhold atomic.Bool
 }
+
+// WithholdSnapshot implements SnapshotWithholder.
+func (a *kvApplier) WithholdSnapshot() bool { return a.withhold.Load() }
 
 var (
 	kvPrefix   = []byte("kv/")

@@ -87,6 +87,25 @@
 // brought up to date by the leader, through a snapshot if the log has been
 // compacted.
 //
+// # Leadership and withheld snapshots
+//
+// TransferLeadership hands the leadership to the other voter whose log is
+// furthest along (raft's MsgTransferLeader; the leader drops proposals
+// until the transferee takes over or an election timeout passes). The
+// ledger uses it when the leader's own state is in doubt. An Applier that
+// implements [SnapshotWithholder] can stop this replica from sending
+// snapshots for as long as it says so: raft reads its snapshot through a
+// Storage whose Snapshot answers raft.ErrSnapshotTemporarilyUnavailable
+// meanwhile, and raft asks again on later heartbeats. Snapshots are still
+// taken and stored locally (compaction goes on); only sending waits.
+//
+// # Metrics
+//
+// With Config.Registerer set, quarry_consensus_ready_persist_seconds
+// (histogram, label sync="true"|"false") times step 1 for each Ready that
+// writes anything: the one Pebble batch commit, including its fsync when
+// synced. It is where the Ready loop waits on the disk.
+//
 // # Reads
 //
 // LinearizableRead uses raft's ReadIndex (ReadOnlySafe): the leader records

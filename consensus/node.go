@@ -7,12 +7,15 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -29,6 +32,12 @@ var (
 	ErrProposalDropped = errors.New("consensus: proposal dropped (no leader?), retry later")
 	// ErrEmptyProposal is returned by Propose for an empty command.
 	ErrEmptyProposal = errors.New("consensus: empty proposal")
+	// ErrNotLeader is returned by TransferLeadership on a replica that
+	// does not lead.
+	ErrNotLeader = errors.New("consensus: this replica is not the leader")
+	// ErrNoTransferee is returned by TransferLeadership when there is no
+	// other voter to lead.
+	ErrNoTransferee = errors.New("consensus: no other voter to transfer leadership to")
 )
 
 // Entry is a committed log entry handed to the Applier.
@@ -71,6 +80,16 @@ type Applier interface {
 // what it becomes), and the call that proposed it returns the error.
 type ConfChangeChecker interface {
 	CheckConfChange(add bool, replica uint64) error
+}
+
+// SnapshotWithholder is an optional interface of an Applier. While
+// WithholdSnapshot reports true, this replica sends no snapshot to a
+// follower: raft is told the snapshot is temporarily unavailable
+// (raft.ErrSnapshotTemporarilyUnavailable) and asks again later. An Applier
+// whose state is in doubt uses it so that its state does not spread. It is
+// called on the Run goroutine.
+type SnapshotWithholder interface {
+	WithholdSnapshot() bool
 }
 
 // Transport carries raft messages to other replicas. Received messages are
@@ -124,6 +143,9 @@ type Config struct {
 	// MaxInflightMsgs caps unacknowledged append messages per follower.
 	// Default 256.
 	MaxInflightMsgs int
+	// Registerer receives the node's metrics (quarry_consensus_…); nil
+	// means they are kept but not exported.
+	Registerer prometheus.Registerer
 }
 
 func (c Config) withDefaults() Config {
@@ -218,6 +240,7 @@ type Node struct {
 	recvc   chan *pb.Message
 	propc   chan proposal
 	confc   chan confRequest
+	transc  chan chan transferResult
 	readc   chan uint64
 	reportc chan report
 	done    chan struct{} // closed when Run returns
@@ -238,10 +261,40 @@ type Node struct {
 	// a membership change, whatever SnapshotEntries says.
 	forceSnapshot bool
 
+	metrics metrics
+
 	mu struct {
 		sync.Mutex
 		status Status
 	}
+}
+
+// metrics are the node's Prometheus metrics.
+type metrics struct {
+	// persist is the time of LogStore.Save per Ready that writes
+	// anything, by whether it was synced.
+	persist *prometheus.HistogramVec
+}
+
+func newMetrics(reg prometheus.Registerer) (metrics, error) {
+	m := metrics{
+		persist: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "quarry_consensus_ready_persist_seconds",
+			Help:    "Time to persist one raft Ready (entries, hard state, snapshot: one Pebble batch commit, including its fsync when sync=\"true\").",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16),
+		}, []string{"sync"}),
+	}
+	if reg != nil {
+		if err := reg.Register(m.persist); err != nil {
+			return m, fmt.Errorf("consensus: registering metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+type transferResult struct {
+	to  uint64
+	err error
 }
 
 type proposal struct {
@@ -282,12 +335,17 @@ func New(cfg Config) (*Node, error) {
 		recvc:   make(chan *pb.Message, 1024),
 		propc:   make(chan proposal, 256),
 		confc:   make(chan confRequest),
+		transc:  make(chan chan transferResult),
 		readc:   make(chan uint64, 256),
 		reportc: make(chan report, 256),
 		done:    make(chan struct{}),
 		reads:   make(map[uint64]*pendingRead),
 	}
 	n.waits.m = make(map[uint64]chan result)
+	var err error
+	if n.metrics, err = newMetrics(cfg.Registerer); err != nil {
+		return nil, err
+	}
 	// Request IDs only need to be unique among this replica's requests,
 	// including those of earlier runs still in the log: start from the
 	// clock so a restart does not reuse recent IDs.
@@ -338,7 +396,7 @@ func New(cfg Config) (*Node, error) {
 		ID:                        cfg.ID,
 		ElectionTick:              cfg.ElectionTicks,
 		HeartbeatTick:             cfg.HeartbeatTicks,
-		Storage:                   n.store,
+		Storage:                   n.raftStorage(),
 		Applied:                   applied,
 		MaxSizePerMsg:             cfg.MaxSizePerMsg,
 		MaxInflightMsgs:           cfg.MaxInflightMsgs,
@@ -420,6 +478,8 @@ func (n *Node) loop(ctx context.Context, tickc <-chan time.Time) error {
 			n.propose(p)
 		case c := <-n.confc:
 			c.errc <- n.rn.ProposeConfChange(c.cc)
+		case c := <-n.transc:
+			c <- n.transferLeadership()
 		case id := <-n.readc:
 			n.read(id)
 		case r := <-n.reportc:
@@ -528,8 +588,13 @@ func (n *Node) handleReady(rd raft.Ready) error {
 	// 1. Persist entries, hard state and any received snapshot, in one
 	//    batch, before anything that depends on them leaves this replica.
 	hasSnap := !raft.IsEmptySnap(rd.Snapshot)
-	if err := n.store.Save(rd.HardState, rd.Entries, rd.Snapshot, rd.MustSync || hasSnap); err != nil {
+	sync := rd.MustSync || hasSnap
+	start := time.Now()
+	if err := n.store.Save(rd.HardState, rd.Entries, rd.Snapshot, sync); err != nil {
 		return err
+	}
+	if hasSnap || len(rd.Entries) > 0 || !raft.IsEmptyHardState(rd.HardState) {
+		n.metrics.persist.WithLabelValues(strconv.FormatBool(sync)).Observe(time.Since(start).Seconds())
 	}
 	// 2. Send.
 	n.send(rd.Messages)
@@ -876,6 +941,81 @@ func (n *Node) LinearizableRead(ctx context.Context) (uint64, error) {
 	}
 	r, err := n.await(ctx, wait)
 	return r.index, err
+}
+
+// TransferLeadership asks raft to hand this replica's leadership to the
+// other voter whose log is furthest along among those recently active, and
+// returns its ID; it does not wait for the transfer, which raft abandons
+// after an election timeout if the transferee does not take over. A
+// replica that is not the leader returns 0 and ErrNotLeader. While a
+// transfer is under way the leader drops proposals (ErrProposalDropped).
+func (n *Node) TransferLeadership(ctx context.Context) (uint64, error) {
+	c := make(chan transferResult, 1)
+	select {
+	case n.transc <- c:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-n.done:
+		return 0, ErrStopped
+	}
+	select {
+	case r := <-c:
+		return r.to, r.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-n.done:
+		return 0, ErrStopped
+	}
+}
+
+func (n *Node) transferLeadership() transferResult {
+	if n.rn.BasicStatus().RaftState != raft.StateLeader {
+		return transferResult{err: ErrNotLeader}
+	}
+	var (
+		best      uint64
+		bestMatch uint64
+		bestLive  bool
+	)
+	voters := n.confState.GetVoters()
+	n.rn.WithProgress(func(id uint64, typ raft.ProgressType, pr tracker.Progress) {
+		if id == n.cfg.ID || typ != raft.ProgressTypePeer || !slices.Contains(voters, id) {
+			return
+		}
+		better := best == 0 || pr.RecentActive && !bestLive ||
+			pr.RecentActive == bestLive && (pr.Match > bestMatch || pr.Match == bestMatch && id < best)
+		if better {
+			best, bestMatch, bestLive = id, pr.Match, pr.RecentActive
+		}
+	})
+	if best == 0 {
+		return transferResult{err: ErrNoTransferee}
+	}
+	n.log.Info("transferring leadership", "to", best, "match", bestMatch, "active", bestLive)
+	n.rn.TransferLeader(best)
+	return transferResult{to: best}
+}
+
+// raftStorage is the Storage raft reads: the LogStore, with its snapshot
+// withheld while the Applier says so (see SnapshotWithholder).
+func (n *Node) raftStorage() raft.Storage {
+	w, ok := n.app.(SnapshotWithholder)
+	if !ok {
+		return n.store
+	}
+	return withheldSnapshots{LogStore: n.store, w: w}
+}
+
+type withheldSnapshots struct {
+	*LogStore
+	w SnapshotWithholder
+}
+
+func (s withheldSnapshots) Snapshot() (*pb.Snapshot, error) {
+	if s.w.WithholdSnapshot() {
+		return nil, raft.ErrSnapshotTemporarilyUnavailable
+	}
+	return s.LogStore.Snapshot()
 }
 
 // AddReplica adds replica id as a voter and waits until this replica has
