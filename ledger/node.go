@@ -226,7 +226,15 @@ func New(cfg Config) (_ *Node, err error) {
 			}
 		}
 	}()
-	if n.ledger, err = market.New(market.Config{Genesis: cfg.Genesis, Modules: cfg.Modules, Verify: newSigCache(1 << 18).Verify}); err != nil {
+	reg := cfg.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	if n.metrics, err = newMetrics(reg); err != nil {
+		return nil, err
+	}
+	sigs := newSigCache(1<<18, n.metrics.sigHits, n.metrics.sigVerify)
+	if n.ledger, err = market.New(market.Config{Genesis: cfg.Genesis, Modules: cfg.Modules, Verify: sigs.Verify}); err != nil {
 		return nil, err
 	}
 	n.params = n.ledger.Params()
@@ -241,13 +249,6 @@ func New(cfg Config) (_ *Node, err error) {
 	cleanup = append(cleanup, func() { n.db.Close() })
 	applied, err := initStore(n.db, n.ledger, cfg.Genesis)
 	if err != nil {
-		return nil, err
-	}
-	reg := cfg.Registry
-	if reg == nil {
-		reg = prometheus.NewRegistry()
-	}
-	if n.metrics, err = newMetrics(reg); err != nil {
 		return nil, err
 	}
 	n.pool = newMempool(cfg.MempoolSize, func(size int) {
@@ -309,6 +310,7 @@ func New(cfg Config) (_ *Node, err error) {
 		TickInterval:    cfg.TickInterval,
 		SnapshotEntries: cfg.SnapshotEntries,
 		CatchUpEntries:  cfg.CatchUpEntries,
+		Registerer:      reg,
 	})
 	if err != nil {
 		return nil, err
@@ -606,6 +608,8 @@ type metrics struct {
 	mempool       prometheus.Gauge
 	height        prometheus.Gauge
 	applyLatency  prometheus.Histogram
+	sigHits       prometheus.Counter
+	sigVerify     prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -619,8 +623,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "ledger_block_apply_seconds", Help: "Time to apply one block (ApplyBlock and batch).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
+		sigHits: prometheus.NewCounter(prometheus.CounterOpts{Name: "quarry_ledger_sig_cache_hits_total", Help: "Tx signature checks answered by the cache of verified signatures (no ed25519 verification)."}),
+		sigVerify: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "quarry_ledger_sig_verify_seconds", Help: "Time of one uncached tx signature verification (ed25519, expanded key); its count is the number of uncached checks.",
+			Buckets: prometheus.ExponentialBuckets(0.000005, 2, 12),
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.blocksApplied, m.blocksSkipped, m.txsApplied, m.mempool, m.height, m.applyLatency} {
+	for _, c := range []prometheus.Collector{m.blocksApplied, m.blocksSkipped, m.txsApplied, m.mempool, m.height, m.applyLatency, m.sigHits, m.sigVerify} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("ledger: registering metrics: %w", err)
 		}

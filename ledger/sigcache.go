@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/quarrynet/quarry/internal/identity"
 	"github.com/quarrynet/quarry/market"
@@ -17,23 +18,27 @@ import (
 // verified and checks each one once. Only successes are remembered, keyed
 // by a hash of signer, signature and message, so a forged signature can
 // never hit the cache. Uncached checks run on all cores, through an
-// identity.Verifier that keeps senders' expanded public keys.
+// identity.Verifier that keeps senders' expanded public keys. Each
+// uncached check is timed (quarry_ledger_sig_verify_seconds) and each hit
+// counted (quarry_ledger_sig_cache_hits_total).
 type sigCache struct {
-	v     *identity.Verifier
-	mu    sync.Mutex
-	seen  map[[32]byte]struct{}
-	order [][32]byte // FIFO for eviction
-	next  int
-	max   int
+	v      *identity.Verifier
+	hits   interface{ Add(float64) }     // cache hits
+	verify interface{ Observe(float64) } // seconds per uncached check
+	mu     sync.Mutex
+	seen   map[[32]byte]struct{}
+	order  [][32]byte // FIFO for eviction
+	next   int
+	max    int
 }
 
 // maxExpandedKeys bounds the senders whose expanded keys a replica keeps
 // (≈1.5 KiB each: 24 MiB).
 const maxExpandedKeys = 16384
 
-func newSigCache(max int) *sigCache {
+func newSigCache(max int, hits interface{ Add(float64) }, verify interface{ Observe(float64) }) *sigCache {
 	return &sigCache{
-		v:    identity.NewVerifier(maxExpandedKeys),
+		v: identity.NewVerifier(maxExpandedKeys), hits: hits, verify: verify,
 		seen: make(map[[32]byte]struct{}, max), order: make([][32]byte, 0, max), max: max,
 	}
 }
@@ -85,9 +90,15 @@ func (sc *sigCache) Verify(checks []market.SignatureCheck) []error {
 			todo = append(todo, i)
 		}
 	}
+	if hits := len(checks) - len(todo); hits > 0 {
+		sc.hits.Add(float64(hits))
+	}
 	check := func(i int) {
 		c := checks[i]
-		if errs[i] = sc.v.Verify(c.Signer, c.Msg, c.Sig); errs[i] == nil {
+		start := time.Now()
+		errs[i] = sc.v.Verify(c.Signer, c.Msg, c.Sig)
+		sc.verify.Observe(time.Since(start).Seconds())
+		if errs[i] == nil {
 			sc.remember(keys[i])
 		}
 	}

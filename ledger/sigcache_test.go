@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"sync/atomic"
 	"testing"
 
 	"github.com/quarrynet/quarry/internal/identity"
@@ -13,7 +14,8 @@ func TestSigCacheRemembersOnlyValidSignatures(t *testing.T) {
 	sig, _ := k.Sign(msg)
 	forged := append([]byte(nil), sig...)
 	forged[0] ^= 1
-	sc := newSigCache(2)
+	var hits, verify tally
+	sc := newSigCache(2, &hits, &verify)
 	good := market.SignatureCheck{Signer: k.PeerID(), Msg: msg, Sig: sig}
 	bad := market.SignatureCheck{Signer: k.PeerID(), Msg: msg, Sig: forged}
 	for round := 0; round < 2; round++ {
@@ -24,6 +26,10 @@ func TestSigCacheRemembersOnlyValidSignatures(t *testing.T) {
 	}
 	if !sc.known(sigKey(good)) || sc.known(sigKey(bad)) {
 		t.Fatal("cache holds the wrong entries")
+	}
+	// Round 1 verified both, round 2 only the forged one (never cached).
+	if h, n := hits.sum.Load(), verify.n.Load(); h != 1 || n != 3 {
+		t.Fatalf("metrics: %v cache hits, %d uncached checks timed; want 1 and 3", h, n)
 	}
 	// Eviction keeps the cache bounded; evicted entries are checked again.
 	var many []market.SignatureCheck
@@ -56,3 +62,9 @@ func TestSigKeyIsUnambiguous(t *testing.T) {
 		t.Fatal("two different checks share a cache key")
 	}
 }
+
+// tally stands in for a Prometheus counter and histogram.
+type tally struct{ sum, n atomic.Int64 }
+
+func (t *tally) Add(v float64)     { t.sum.Add(int64(v)) }
+func (t *tally) Observe(v float64) { t.n.Add(1) }
