@@ -109,12 +109,35 @@ func TestStateHashMismatchHalts(t *testing.T) {
 	blk.Header.StateHash[0] ^= 1
 	raw, _ := proto.MarshalOptions{Deterministic: true}.Marshal(&blk)
 	before := snapshot(c.st)
-	_, err := c.l.ApplyBlock(c.st, raw)
+	res, err := c.l.ApplyBlock(c.st, raw)
 	if !errors.Is(err, ErrStateHashMismatch) || errors.Is(err, ErrBadBlock) {
 		t.Fatalf("got %v, want only %v", err, ErrStateHashMismatch)
 	}
 	if !equalState(before, snapshot(c.st)) {
 		t.Fatal("state changed")
+	}
+	// The Result is this replica's own: its hash, not the header's, and
+	// writes that are the untampered block's but for the header.
+	if res == nil || !bytes.Equal(res.StateHash, b.Header.GetStateHash()) || bytes.Equal(res.StateHash, blk.Header.GetStateHash()) {
+		t.Fatalf("mismatch Result: %v", res)
+	}
+	if !bytes.Equal(res.Header.GetStateHash(), blk.Header.GetStateHash()) || res.Writes.Len() != b.Writes.Len() {
+		t.Fatalf("mismatch Result header %x / %d writes, want the block's header and %d writes", res.Header.GetStateHash(), res.Writes.Len(), b.Writes.Len())
+	}
+	// Committed, it is a state whose own hash checks out, and whose
+	// header's does not.
+	mine := NewMemState()
+	for k, v := range before {
+		_ = mine.Set([]byte(k), []byte(v))
+	}
+	if err := res.Writes.Apply(mine); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckInvariantsAt(c.l, mine, res.StateHash); err != nil {
+		t.Fatalf("own state: %v", err)
+	}
+	if err := CheckInvariants(c.l, mine); err == nil {
+		t.Fatal("CheckInvariants accepted a state whose header's hash is not its own")
 	}
 	if _, err := c.apply(b.Block); err != nil {
 		t.Fatalf("the untampered block: %v", err)

@@ -38,9 +38,13 @@
 // state does not change. That happens in normal operation: a deposed
 // leader's block that raft commits after a new leader's block for the same
 // height carries a stale prev_hash. Failure 5 is [ErrStateHashMismatch]:
-// this replica computed a different state from the same input, which only
-// nondeterminism or a corrupted store can cause. The daemon must halt on it,
-// loudly, and never commit the batch.
+// this replica computed a different state from the same input than the
+// block's proposer did, which only nondeterminism, another version or a
+// corrupted store can cause — on either side. ApplyBlock then also returns
+// the [Result] it computed ([Result.StateHash] is its own hash): the ledger
+// daemon commits it and lets a majority of the replicas decide which state
+// is right (package ledger, state-hash disputes); a caller that cannot
+// must halt and never commit the batch.
 //
 // # Transactions
 //
@@ -128,7 +132,8 @@
 // writes or of map iteration. The header's state_hash is
 // SHA-256("quarry/ledger/v1/state\x00" || accumulator). A restored
 // snapshot can be checked by recomputing the accumulator from its s/
-// entries ([RecomputeStateHash]).
+// entries ([RecomputeStateHash]) and comparing with the stored one
+// ([StateHash]) and the hash it should have ([CheckInvariantsAt]).
 //
 // Hashes: block hash = SHA-256("quarry/ledger/v1/block\x00" || header
 // bytes as carried in the block). tx_root is the RFC 6962 Merkle tree hash

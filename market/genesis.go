@@ -17,6 +17,9 @@ const (
 	MaxTxsPerBlockLimit = 100_000
 	MinTxSizeLimit      = 256
 	MaxTxSizeLimit      = 1 << 20
+	// MaxDisputeWindowBlocks bounds Params.dispute_window_blocks: every
+	// replica keeps one state hash per block of the window.
+	MaxDisputeWindowBlocks = 1 << 20
 )
 
 var chainIDPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
@@ -83,6 +86,8 @@ func ValidateGenesis(g *ledgerv1.Genesis) (supply uint64, err error) {
 		return 0, bad("params.max_txs_per_block %d: want 1–%d", p.GetMaxTxsPerBlock(), MaxTxsPerBlockLimit)
 	case p.GetMaxTxSize() < MinTxSizeLimit || p.GetMaxTxSize() > MaxTxSizeLimit:
 		return 0, bad("params.max_tx_size %d: want %d–%d", p.GetMaxTxSize(), MinTxSizeLimit, MaxTxSizeLimit)
+	case p.GetDisputeWindowBlocks() > MaxDisputeWindowBlocks:
+		return 0, bad("params.dispute_window_blocks %d: want at most %d (0 for the default)", p.GetDisputeWindowBlocks(), MaxDisputeWindowBlocks)
 	}
 	return supply, nil
 }

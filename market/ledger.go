@@ -175,6 +175,10 @@ type Result struct {
 	HeaderBytes []byte
 	Hash        [32]byte
 	Receipts    []Receipt
+	// StateHash is the state hash this replica computed for the state
+	// after the block: Header.StateHash, unless ApplyBlock returned
+	// ErrStateHashMismatch.
+	StateHash []byte
 	// Writes are every key the block changes: state, history, head and
 	// the state hash accumulator. Commit them in one atomic batch.
 	Writes *Batch
@@ -206,7 +210,7 @@ func (l *Ledger) Genesis() (*Result, error) {
 	}
 	o.set(keyHead, hb)
 	o.set(keyLtHash, lt.marshal())
-	return &Result{Header: h, HeaderBytes: hb, Hash: BlockHash(hb), Writes: o.batch()}, nil
+	return &Result{Header: h, HeaderBytes: hb, Hash: BlockHash(hb), StateHash: h.StateHash, Writes: o.batch()}, nil
 }
 
 // Head returns the head header and its block hash.
@@ -427,7 +431,7 @@ func (l *Ledger) buildBlock(r Reader, time int64, proposer peer.ID, candidates [
 	if !bytes.Equal(TxRoot(blockTxs), hdr.TxRoot) {
 		return nil, errors.New("market: re-encoding the txs changed them (protobuf library bug?)")
 	}
-	res, err := l.finish(o, hdr, hb, raw, kept)
+	res, err := l.finish(o, hdr, hb, raw, kept, hdr.StateHash)
 	if err != nil {
 		return nil, err
 	}
@@ -508,8 +512,8 @@ func (l *Ledger) stateHash(r Reader, o *overlay) ([]byte, error) {
 }
 
 // finish adds the history and head writes and makes the Result.
-func (l *Ledger) finish(o *overlay, hdr *ledgerv1.BlockHeader, hb, raw []byte, txs []*Tx) (*Result, error) {
-	res := &Result{Block: raw, Header: hdr, HeaderBytes: hb, Hash: BlockHash(hb)}
+func (l *Ledger) finish(o *overlay, hdr *ledgerv1.BlockHeader, hb, raw []byte, txs []*Tx, stateHash []byte) (*Result, error) {
+	res := &Result{Block: raw, Header: hdr, HeaderBytes: hb, Hash: BlockHash(hb), StateHash: stateHash}
 	for i, tx := range txs {
 		o.set(txKey(tx.Hash), encodeTxLocation(hdr.GetHeight(), uint32(i)))
 		res.Receipts = append(res.Receipts, Receipt{
@@ -525,8 +529,12 @@ func (l *Ledger) finish(o *overlay, hdr *ledgerv1.BlockHeader, hb, raw []byte, t
 // ApplyBlock validates and executes the block encoding raw on the head of
 // r, as every replica does for each committed block. An ErrBadBlock error
 // means every replica rejects the block and none of its writes may be
-// committed: skip it. ErrStateHashMismatch means this replica diverged: halt.
-// Any other error is a storage or module failure: halt.
+// committed: skip it. ErrStateHashMismatch means this replica computed
+// another state than the block's proposer: one of them diverged. ApplyBlock
+// then returns the Result it computed too (Result.StateHash is its own
+// hash, Result.Header the block's): a daemon that lets its replicas decide
+// which state is right commits it; one that does not must halt. Any other
+// error is a storage or module failure: halt.
 func (l *Ledger) ApplyBlock(r Reader, raw []byte) (*Result, error) {
 	w := &watchedReader{r: r}
 	res, err := l.applyBlock(w, raw)
@@ -625,8 +633,12 @@ func (l *Ledger) applyBlock(r Reader, raw []byte) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !bytes.Equal(sh, hdr.GetStateHash()) {
-		return nil, fmt.Errorf("%w: height %d: computed %x, header says %x", ErrStateHashMismatch, hdr.GetHeight(), sh, hdr.GetStateHash())
+	res, err := l.finish(o, hdr, hb, raw, txs, sh)
+	if err != nil {
+		return nil, err
 	}
-	return l.finish(o, hdr, hb, raw, txs)
+	if !bytes.Equal(sh, hdr.GetStateHash()) {
+		return res, fmt.Errorf("%w: height %d: computed %x, header says %x", ErrStateHashMismatch, hdr.GetHeight(), sh, hdr.GetStateHash())
+	}
+	return res, nil
 }

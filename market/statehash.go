@@ -106,3 +106,20 @@ func RecomputeStateHash(r Reader) ([]byte, error) {
 	}
 	return l.sum(), nil
 }
+
+// StateHash is the state hash of r's stored accumulator: what the last
+// applied block computed, whatever its header says.
+func StateHash(r Reader) ([]byte, error) {
+	b, ok, err := r.Get(keyLtHash)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, ErrNotInitialized
+	}
+	var l ltHash
+	if err := l.unmarshal(b); err != nil {
+		return nil, err
+	}
+	return l.sum(), nil
+}

@@ -304,6 +304,91 @@ func (*ReplicaChange_Put) isReplicaChange_Change() {}
 
 func (*ReplicaChange_Remove) isReplicaChange_Change() {}
 
+// StateReport is the replicated-log command (kind 0x03, see package ledger:
+// state-hash disputes) by which a replica says what state hash it computed
+// after block `height`: when it differs from the block's header, and as its
+// vote in a dispute another replica opened. It is not part of the API.
+type StateReport struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Height uint64                 `protobuf:"varint,1,opt,name=height,proto3" json:"height,omitempty"`
+	// The state hash the reporting replica holds for height.
+	StateHash []byte `protobuf:"bytes,2,opt,name=state_hash,json=stateHash,proto3" json:"state_hash,omitempty"`
+	// The reporting replica.
+	RaftId uint64 `protobuf:"varint,3,opt,name=raft_id,json=raftId,proto3" json:"raft_id,omitempty"`
+	// The state hash block `height`'s header carries, and its proposer (peer
+	// ID bytes), as the reporter applied it: every replica applied the same
+	// block, and a replica restored from a later snapshot no longer has it.
+	HeaderStateHash []byte `protobuf:"bytes,4,opt,name=header_state_hash,json=headerStateHash,proto3" json:"header_state_hash,omitempty"`
+	Proposer        []byte `protobuf:"bytes,5,opt,name=proposer,proto3" json:"proposer,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *StateReport) Reset() {
+	*x = StateReport{}
+	mi := &file_quarry_ledger_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StateReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StateReport) ProtoMessage() {}
+
+func (x *StateReport) ProtoReflect() protoreflect.Message {
+	mi := &file_quarry_ledger_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StateReport.ProtoReflect.Descriptor instead.
+func (*StateReport) Descriptor() ([]byte, []int) {
+	return file_quarry_ledger_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *StateReport) GetHeight() uint64 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+func (x *StateReport) GetStateHash() []byte {
+	if x != nil {
+		return x.StateHash
+	}
+	return nil
+}
+
+func (x *StateReport) GetRaftId() uint64 {
+	if x != nil {
+		return x.RaftId
+	}
+	return 0
+}
+
+func (x *StateReport) GetHeaderStateHash() []byte {
+	if x != nil {
+		return x.HeaderStateHash
+	}
+	return nil
+}
+
+func (x *StateReport) GetProposer() []byte {
+	if x != nil {
+		return x.Proposer
+	}
+	return nil
+}
+
 var File_quarry_ledger_v1_admin_proto protoreflect.FileDescriptor
 
 const file_quarry_ledger_v1_admin_proto_rawDesc = "" +
@@ -322,7 +407,14 @@ const file_quarry_ledger_v1_admin_proto_rawDesc = "" +
 	"\rReplicaChange\x12-\n" +
 	"\x03put\x18\x01 \x01(\v2\x19.quarry.ledger.v1.ReplicaH\x00R\x03put\x12\x18\n" +
 	"\x06remove\x18\x02 \x01(\x04H\x00R\x06removeB\b\n" +
-	"\x06change2\xc8\x01\n" +
+	"\x06change\"\xa5\x01\n" +
+	"\vStateReport\x12\x16\n" +
+	"\x06height\x18\x01 \x01(\x04R\x06height\x12\x1d\n" +
+	"\n" +
+	"state_hash\x18\x02 \x01(\fR\tstateHash\x12\x17\n" +
+	"\araft_id\x18\x03 \x01(\x04R\x06raftId\x12*\n" +
+	"\x11header_state_hash\x18\x04 \x01(\fR\x0fheaderStateHash\x12\x1a\n" +
+	"\bproposer\x18\x05 \x01(\fR\bproposer2\xc8\x01\n" +
 	"\vLedgerAdmin\x12W\n" +
 	"\n" +
 	"AddReplica\x12#.quarry.ledger.v1.AddReplicaRequest\x1a$.quarry.ledger.v1.AddReplicaResponse\x12`\n" +
@@ -340,19 +432,20 @@ func file_quarry_ledger_v1_admin_proto_rawDescGZIP() []byte {
 	return file_quarry_ledger_v1_admin_proto_rawDescData
 }
 
-var file_quarry_ledger_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_quarry_ledger_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_quarry_ledger_v1_admin_proto_goTypes = []any{
 	(*AddReplicaRequest)(nil),     // 0: quarry.ledger.v1.AddReplicaRequest
 	(*AddReplicaResponse)(nil),    // 1: quarry.ledger.v1.AddReplicaResponse
 	(*RemoveReplicaRequest)(nil),  // 2: quarry.ledger.v1.RemoveReplicaRequest
 	(*RemoveReplicaResponse)(nil), // 3: quarry.ledger.v1.RemoveReplicaResponse
 	(*ReplicaChange)(nil),         // 4: quarry.ledger.v1.ReplicaChange
-	(*Replica)(nil),               // 5: quarry.ledger.v1.Replica
+	(*StateReport)(nil),           // 5: quarry.ledger.v1.StateReport
+	(*Replica)(nil),               // 6: quarry.ledger.v1.Replica
 }
 var file_quarry_ledger_v1_admin_proto_depIdxs = []int32{
-	5, // 0: quarry.ledger.v1.AddReplicaResponse.replicas:type_name -> quarry.ledger.v1.Replica
-	5, // 1: quarry.ledger.v1.RemoveReplicaResponse.replicas:type_name -> quarry.ledger.v1.Replica
-	5, // 2: quarry.ledger.v1.ReplicaChange.put:type_name -> quarry.ledger.v1.Replica
+	6, // 0: quarry.ledger.v1.AddReplicaResponse.replicas:type_name -> quarry.ledger.v1.Replica
+	6, // 1: quarry.ledger.v1.RemoveReplicaResponse.replicas:type_name -> quarry.ledger.v1.Replica
+	6, // 2: quarry.ledger.v1.ReplicaChange.put:type_name -> quarry.ledger.v1.Replica
 	0, // 3: quarry.ledger.v1.LedgerAdmin.AddReplica:input_type -> quarry.ledger.v1.AddReplicaRequest
 	2, // 4: quarry.ledger.v1.LedgerAdmin.RemoveReplica:input_type -> quarry.ledger.v1.RemoveReplicaRequest
 	1, // 5: quarry.ledger.v1.LedgerAdmin.AddReplica:output_type -> quarry.ledger.v1.AddReplicaResponse
@@ -380,7 +473,7 @@ func file_quarry_ledger_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quarry_ledger_v1_admin_proto_rawDesc), len(file_quarry_ledger_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

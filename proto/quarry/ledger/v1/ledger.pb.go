@@ -795,9 +795,14 @@ type Params struct {
 	// Largest SignedTx encoding accepted, in bytes.
 	MaxTxSize uint32 `protobuf:"varint,4,opt,name=max_tx_size,json=maxTxSize,proto3" json:"max_tx_size,omitempty"`
 	// Smallest fee a tx may offer.
-	MinFee        uint64 `protobuf:"varint,5,opt,name=min_fee,json=minFee,proto3" json:"min_fee,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MinFee uint64 `protobuf:"varint,5,opt,name=min_fee,json=minFee,proto3" json:"min_fee,omitempty"`
+	// How many blocks after block h a replica may still open a dispute
+	// about the state hash after h, and how many recent heights' own state
+	// hashes every replica keeps to vote with (see package ledger: state-hash
+	// disputes). 0 means 1024.
+	DisputeWindowBlocks uint64 `protobuf:"varint,6,opt,name=dispute_window_blocks,json=disputeWindowBlocks,proto3" json:"dispute_window_blocks,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Params) Reset() {
@@ -861,6 +866,13 @@ func (x *Params) GetMaxTxSize() uint32 {
 func (x *Params) GetMinFee() uint64 {
 	if x != nil {
 		return x.MinFee
+	}
+	return 0
+}
+
+func (x *Params) GetDisputeWindowBlocks() uint64 {
+	if x != nil {
+		return x.DisputeWindowBlocks
 	}
 	return 0
 }
@@ -1235,9 +1247,13 @@ type GetBlockResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Block *Block                 `protobuf:"bytes,1,opt,name=block,proto3" json:"block,omitempty"`
 	// SHA-256 block hash of block.header.
-	Hash          []byte `protobuf:"bytes,2,opt,name=hash,proto3" json:"hash,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Hash []byte `protobuf:"bytes,2,opt,name=hash,proto3" json:"hash,omitempty"`
+	// Set when a state-hash dispute overruled this block's header: the state
+	// hash after this block that a majority of the replicas computed. The
+	// header keeps the hash its proposer wrote.
+	VerdictStateHash []byte `protobuf:"bytes,3,opt,name=verdict_state_hash,json=verdictStateHash,proto3" json:"verdict_state_hash,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *GetBlockResponse) Reset() {
@@ -1280,6 +1296,13 @@ func (x *GetBlockResponse) GetBlock() *Block {
 func (x *GetBlockResponse) GetHash() []byte {
 	if x != nil {
 		return x.Hash
+	}
+	return nil
+}
+
+func (x *GetBlockResponse) GetVerdictStateHash() []byte {
+	if x != nil {
+		return x.VerdictStateHash
 	}
 	return nil
 }
@@ -1336,8 +1359,15 @@ type StatusResponse struct {
 	// GetBlock, GetTx and StreamBlocks below it answer OUT_OF_RANGE / NOT_FOUND
 	// here; ask another replica.
 	FirstBlockHeight uint64 `protobuf:"varint,8,opt,name=first_block_height,json=firstBlockHeight,proto3" json:"first_block_height,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Set while this replica's state is in doubt: it computed another state
+	// hash than a block's header and waits for the cluster's verdict. It
+	// serves no state reads meanwhile.
+	Suspect *StateSuspicion `protobuf:"bytes,9,opt,name=suspect,proto3" json:"suspect,omitempty"`
+	// The state-hash disputes the replicas recorded, open and decided, by
+	// height.
+	Disputes      []*StateDispute `protobuf:"bytes,10,rep,name=disputes,proto3" json:"disputes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -1426,6 +1456,246 @@ func (x *StatusResponse) GetFirstBlockHeight() uint64 {
 	return 0
 }
 
+func (x *StatusResponse) GetSuspect() *StateSuspicion {
+	if x != nil {
+		return x.Suspect
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetDisputes() []*StateDispute {
+	if x != nil {
+		return x.Disputes
+	}
+	return nil
+}
+
+// StateSuspicion is a replica's own record of the first block whose
+// header's state hash differs from the one it computed.
+type StateSuspicion struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Height uint64                 `protobuf:"varint,1,opt,name=height,proto3" json:"height,omitempty"`
+	// What this replica computed, and what the header says.
+	StateHash       []byte `protobuf:"bytes,2,opt,name=state_hash,json=stateHash,proto3" json:"state_hash,omitempty"`
+	HeaderStateHash []byte `protobuf:"bytes,3,opt,name=header_state_hash,json=headerStateHash,proto3" json:"header_state_hash,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *StateSuspicion) Reset() {
+	*x = StateSuspicion{}
+	mi := &file_quarry_ledger_v1_ledger_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StateSuspicion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StateSuspicion) ProtoMessage() {}
+
+func (x *StateSuspicion) ProtoReflect() protoreflect.Message {
+	mi := &file_quarry_ledger_v1_ledger_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StateSuspicion.ProtoReflect.Descriptor instead.
+func (*StateSuspicion) Descriptor() ([]byte, []int) {
+	return file_quarry_ledger_v1_ledger_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *StateSuspicion) GetHeight() uint64 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+func (x *StateSuspicion) GetStateHash() []byte {
+	if x != nil {
+		return x.StateHash
+	}
+	return nil
+}
+
+func (x *StateSuspicion) GetHeaderStateHash() []byte {
+	if x != nil {
+		return x.HeaderStateHash
+	}
+	return nil
+}
+
+// StateDispute is the replicated record of a disagreement about the state
+// after block `height` (see package ledger: state-hash disputes).
+type StateDispute struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Height uint64                 `protobuf:"varint,1,opt,name=height,proto3" json:"height,omitempty"`
+	// The state hash in block `height`'s header (its proposer's).
+	HeaderStateHash []byte `protobuf:"bytes,2,opt,name=header_state_hash,json=headerStateHash,proto3" json:"header_state_hash,omitempty"`
+	// The proposer's raft ID (0 if it was not a member): it counts for the
+	// header's hash unless it votes.
+	ProposerRaftId uint64 `protobuf:"varint,3,opt,name=proposer_raft_id,json=proposerRaftId,proto3" json:"proposer_raft_id,omitempty"`
+	// The replicas' votes, in the order they were applied.
+	Votes []*StateVote `protobuf:"bytes,4,rep,name=votes,proto3" json:"votes,omitempty"`
+	// The head height when the dispute opened and when it was decided.
+	OpenedAtHeight  uint64 `protobuf:"varint,5,opt,name=opened_at_height,json=openedAtHeight,proto3" json:"opened_at_height,omitempty"`
+	DecidedAtHeight uint64 `protobuf:"varint,6,opt,name=decided_at_height,json=decidedAtHeight,proto3" json:"decided_at_height,omitempty"`
+	// Set once decided: the state hash a majority of the members holds.
+	// Equal to header_state_hash when the header was upheld.
+	Verdict []byte `protobuf:"bytes,7,opt,name=verdict,proto3" json:"verdict,omitempty"`
+	// The dispute was opened too late (more than dispute_window_blocks after
+	// the block) and decided at once for the header.
+	Late          bool `protobuf:"varint,8,opt,name=late,proto3" json:"late,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StateDispute) Reset() {
+	*x = StateDispute{}
+	mi := &file_quarry_ledger_v1_ledger_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StateDispute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StateDispute) ProtoMessage() {}
+
+func (x *StateDispute) ProtoReflect() protoreflect.Message {
+	mi := &file_quarry_ledger_v1_ledger_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StateDispute.ProtoReflect.Descriptor instead.
+func (*StateDispute) Descriptor() ([]byte, []int) {
+	return file_quarry_ledger_v1_ledger_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *StateDispute) GetHeight() uint64 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+func (x *StateDispute) GetHeaderStateHash() []byte {
+	if x != nil {
+		return x.HeaderStateHash
+	}
+	return nil
+}
+
+func (x *StateDispute) GetProposerRaftId() uint64 {
+	if x != nil {
+		return x.ProposerRaftId
+	}
+	return 0
+}
+
+func (x *StateDispute) GetVotes() []*StateVote {
+	if x != nil {
+		return x.Votes
+	}
+	return nil
+}
+
+func (x *StateDispute) GetOpenedAtHeight() uint64 {
+	if x != nil {
+		return x.OpenedAtHeight
+	}
+	return 0
+}
+
+func (x *StateDispute) GetDecidedAtHeight() uint64 {
+	if x != nil {
+		return x.DecidedAtHeight
+	}
+	return 0
+}
+
+func (x *StateDispute) GetVerdict() []byte {
+	if x != nil {
+		return x.Verdict
+	}
+	return nil
+}
+
+func (x *StateDispute) GetLate() bool {
+	if x != nil {
+		return x.Late
+	}
+	return false
+}
+
+type StateVote struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RaftId        uint64                 `protobuf:"varint,1,opt,name=raft_id,json=raftId,proto3" json:"raft_id,omitempty"`
+	StateHash     []byte                 `protobuf:"bytes,2,opt,name=state_hash,json=stateHash,proto3" json:"state_hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StateVote) Reset() {
+	*x = StateVote{}
+	mi := &file_quarry_ledger_v1_ledger_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StateVote) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StateVote) ProtoMessage() {}
+
+func (x *StateVote) ProtoReflect() protoreflect.Message {
+	mi := &file_quarry_ledger_v1_ledger_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StateVote.ProtoReflect.Descriptor instead.
+func (*StateVote) Descriptor() ([]byte, []int) {
+	return file_quarry_ledger_v1_ledger_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *StateVote) GetRaftId() uint64 {
+	if x != nil {
+		return x.RaftId
+	}
+	return 0
+}
+
+func (x *StateVote) GetStateHash() []byte {
+	if x != nil {
+		return x.StateHash
+	}
+	return nil
+}
+
 type GetGenesisRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1434,7 +1704,7 @@ type GetGenesisRequest struct {
 
 func (x *GetGenesisRequest) Reset() {
 	*x = GetGenesisRequest{}
-	mi := &file_quarry_ledger_v1_ledger_proto_msgTypes[21]
+	mi := &file_quarry_ledger_v1_ledger_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1446,7 +1716,7 @@ func (x *GetGenesisRequest) String() string {
 func (*GetGenesisRequest) ProtoMessage() {}
 
 func (x *GetGenesisRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quarry_ledger_v1_ledger_proto_msgTypes[21]
+	mi := &file_quarry_ledger_v1_ledger_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1459,7 +1729,7 @@ func (x *GetGenesisRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGenesisRequest.ProtoReflect.Descriptor instead.
 func (*GetGenesisRequest) Descriptor() ([]byte, []int) {
-	return file_quarry_ledger_v1_ledger_proto_rawDescGZIP(), []int{21}
+	return file_quarry_ledger_v1_ledger_proto_rawDescGZIP(), []int{24}
 }
 
 type GetGenesisResponse struct {
@@ -1471,7 +1741,7 @@ type GetGenesisResponse struct {
 
 func (x *GetGenesisResponse) Reset() {
 	*x = GetGenesisResponse{}
-	mi := &file_quarry_ledger_v1_ledger_proto_msgTypes[22]
+	mi := &file_quarry_ledger_v1_ledger_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1483,7 +1753,7 @@ func (x *GetGenesisResponse) String() string {
 func (*GetGenesisResponse) ProtoMessage() {}
 
 func (x *GetGenesisResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quarry_ledger_v1_ledger_proto_msgTypes[22]
+	mi := &file_quarry_ledger_v1_ledger_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1496,7 +1766,7 @@ func (x *GetGenesisResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGenesisResponse.ProtoReflect.Descriptor instead.
 func (*GetGenesisResponse) Descriptor() ([]byte, []int) {
-	return file_quarry_ledger_v1_ledger_proto_rawDescGZIP(), []int{22}
+	return file_quarry_ledger_v1_ledger_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetGenesisResponse) GetGenesis() *Genesis {
@@ -1515,7 +1785,7 @@ type StreamBlocksRequest struct {
 
 func (x *StreamBlocksRequest) Reset() {
 	*x = StreamBlocksRequest{}
-	mi := &file_quarry_ledger_v1_ledger_proto_msgTypes[23]
+	mi := &file_quarry_ledger_v1_ledger_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1527,7 +1797,7 @@ func (x *StreamBlocksRequest) String() string {
 func (*StreamBlocksRequest) ProtoMessage() {}
 
 func (x *StreamBlocksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quarry_ledger_v1_ledger_proto_msgTypes[23]
+	mi := &file_quarry_ledger_v1_ledger_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1540,7 +1810,7 @@ func (x *StreamBlocksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamBlocksRequest.ProtoReflect.Descriptor instead.
 func (*StreamBlocksRequest) Descriptor() ([]byte, []int) {
-	return file_quarry_ledger_v1_ledger_proto_rawDescGZIP(), []int{23}
+	return file_quarry_ledger_v1_ledger_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StreamBlocksRequest) GetFromHeight() uint64 {
@@ -1560,7 +1830,7 @@ type StreamBlocksResponse struct {
 
 func (x *StreamBlocksResponse) Reset() {
 	*x = StreamBlocksResponse{}
-	mi := &file_quarry_ledger_v1_ledger_proto_msgTypes[24]
+	mi := &file_quarry_ledger_v1_ledger_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1572,7 +1842,7 @@ func (x *StreamBlocksResponse) String() string {
 func (*StreamBlocksResponse) ProtoMessage() {}
 
 func (x *StreamBlocksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quarry_ledger_v1_ledger_proto_msgTypes[24]
+	mi := &file_quarry_ledger_v1_ledger_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1585,7 +1855,7 @@ func (x *StreamBlocksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamBlocksResponse.ProtoReflect.Descriptor instead.
 func (*StreamBlocksResponse) Descriptor() ([]byte, []int) {
-	return file_quarry_ledger_v1_ledger_proto_rawDescGZIP(), []int{24}
+	return file_quarry_ledger_v1_ledger_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StreamBlocksResponse) GetBlock() *Block {
@@ -1654,13 +1924,14 @@ const file_quarry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\n" +
 	"Allocation\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x18\n" +
-	"\abalance\x18\x02 \x01(\x04R\abalance\"\xc0\x01\n" +
+	"\abalance\x18\x02 \x01(\x04R\abalance\"\xf4\x01\n" +
 	"\x06Params\x12*\n" +
 	"\x11block_interval_ns\x18\x01 \x01(\x04R\x0fblockIntervalNs\x12&\n" +
 	"\x0fepoch_length_ns\x18\x02 \x01(\x04R\repochLengthNs\x12)\n" +
 	"\x11max_txs_per_block\x18\x03 \x01(\rR\x0emaxTxsPerBlock\x12\x1e\n" +
 	"\vmax_tx_size\x18\x04 \x01(\rR\tmaxTxSize\x12\x17\n" +
-	"\amin_fee\x18\x05 \x01(\x04R\x06minFee\"B\n" +
+	"\amin_fee\x18\x05 \x01(\x04R\x06minFee\x122\n" +
+	"\x15dispute_window_blocks\x18\x06 \x01(\x04R\x13disputeWindowBlocks\"B\n" +
 	"\x0fSubmitTxRequest\x12\x1b\n" +
 	"\tsigned_tx\x18\x01 \x01(\fR\bsignedTx\x12\x12\n" +
 	"\x04wait\x18\x02 \x01(\bR\x04wait\"e\n" +
@@ -1680,11 +1951,12 @@ const file_quarry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\tsigned_tx\x18\x01 \x01(\fR\bsignedTx\x128\n" +
 	"\blocation\x18\x02 \x01(\v2\x1c.quarry.ledger.v1.TxLocationR\blocation\")\n" +
 	"\x0fGetBlockRequest\x12\x16\n" +
-	"\x06height\x18\x01 \x01(\x04R\x06height\"U\n" +
+	"\x06height\x18\x01 \x01(\x04R\x06height\"\x83\x01\n" +
 	"\x10GetBlockResponse\x12-\n" +
 	"\x05block\x18\x01 \x01(\v2\x17.quarry.ledger.v1.BlockR\x05block\x12\x12\n" +
-	"\x04hash\x18\x02 \x01(\fR\x04hash\"\x0f\n" +
-	"\rStatusRequest\"\xbb\x02\n" +
+	"\x04hash\x18\x02 \x01(\fR\x04hash\x12,\n" +
+	"\x12verdict_state_hash\x18\x03 \x01(\fR\x10verdictStateHash\"\x0f\n" +
+	"\rStatusRequest\"\xb3\x03\n" +
 	"\x0eStatusResponse\x12\x19\n" +
 	"\bchain_id\x18\x01 \x01(\tR\achainId\x121\n" +
 	"\x04head\x18\x02 \x01(\v2\x1d.quarry.ledger.v1.BlockHeaderR\x04head\x12\x1b\n" +
@@ -1693,7 +1965,28 @@ const file_quarry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\tleader_id\x18\x05 \x01(\x04R\bleaderId\x12#\n" +
 	"\rapplied_index\x18\x06 \x01(\x04R\fappliedIndex\x125\n" +
 	"\breplicas\x18\a \x03(\v2\x19.quarry.ledger.v1.ReplicaR\breplicas\x12,\n" +
-	"\x12first_block_height\x18\b \x01(\x04R\x10firstBlockHeight\"\x13\n" +
+	"\x12first_block_height\x18\b \x01(\x04R\x10firstBlockHeight\x12:\n" +
+	"\asuspect\x18\t \x01(\v2 .quarry.ledger.v1.StateSuspicionR\asuspect\x12:\n" +
+	"\bdisputes\x18\n" +
+	" \x03(\v2\x1e.quarry.ledger.v1.StateDisputeR\bdisputes\"s\n" +
+	"\x0eStateSuspicion\x12\x16\n" +
+	"\x06height\x18\x01 \x01(\x04R\x06height\x12\x1d\n" +
+	"\n" +
+	"state_hash\x18\x02 \x01(\fR\tstateHash\x12*\n" +
+	"\x11header_state_hash\x18\x03 \x01(\fR\x0fheaderStateHash\"\xb3\x02\n" +
+	"\fStateDispute\x12\x16\n" +
+	"\x06height\x18\x01 \x01(\x04R\x06height\x12*\n" +
+	"\x11header_state_hash\x18\x02 \x01(\fR\x0fheaderStateHash\x12(\n" +
+	"\x10proposer_raft_id\x18\x03 \x01(\x04R\x0eproposerRaftId\x121\n" +
+	"\x05votes\x18\x04 \x03(\v2\x1b.quarry.ledger.v1.StateVoteR\x05votes\x12(\n" +
+	"\x10opened_at_height\x18\x05 \x01(\x04R\x0eopenedAtHeight\x12*\n" +
+	"\x11decided_at_height\x18\x06 \x01(\x04R\x0fdecidedAtHeight\x12\x18\n" +
+	"\averdict\x18\a \x01(\fR\averdict\x12\x12\n" +
+	"\x04late\x18\b \x01(\bR\x04late\"C\n" +
+	"\tStateVote\x12\x17\n" +
+	"\araft_id\x18\x01 \x01(\x04R\x06raftId\x12\x1d\n" +
+	"\n" +
+	"state_hash\x18\x02 \x01(\fR\tstateHash\"\x13\n" +
 	"\x11GetGenesisRequest\"I\n" +
 	"\x12GetGenesisResponse\x123\n" +
 	"\agenesis\x18\x01 \x01(\v2\x19.quarry.ledger.v1.GenesisR\agenesis\"6\n" +
@@ -1730,7 +2023,7 @@ func file_quarry_ledger_v1_ledger_proto_rawDescGZIP() []byte {
 }
 
 var file_quarry_ledger_v1_ledger_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_quarry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_quarry_ledger_v1_ledger_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_quarry_ledger_v1_ledger_proto_goTypes = []any{
 	(Consistency)(0),             // 0: quarry.ledger.v1.Consistency
 	(*Tx)(nil),                   // 1: quarry.ledger.v1.Tx
@@ -1754,10 +2047,13 @@ var file_quarry_ledger_v1_ledger_proto_goTypes = []any{
 	(*GetBlockResponse)(nil),     // 19: quarry.ledger.v1.GetBlockResponse
 	(*StatusRequest)(nil),        // 20: quarry.ledger.v1.StatusRequest
 	(*StatusResponse)(nil),       // 21: quarry.ledger.v1.StatusResponse
-	(*GetGenesisRequest)(nil),    // 22: quarry.ledger.v1.GetGenesisRequest
-	(*GetGenesisResponse)(nil),   // 23: quarry.ledger.v1.GetGenesisResponse
-	(*StreamBlocksRequest)(nil),  // 24: quarry.ledger.v1.StreamBlocksRequest
-	(*StreamBlocksResponse)(nil), // 25: quarry.ledger.v1.StreamBlocksResponse
+	(*StateSuspicion)(nil),       // 22: quarry.ledger.v1.StateSuspicion
+	(*StateDispute)(nil),         // 23: quarry.ledger.v1.StateDispute
+	(*StateVote)(nil),            // 24: quarry.ledger.v1.StateVote
+	(*GetGenesisRequest)(nil),    // 25: quarry.ledger.v1.GetGenesisRequest
+	(*GetGenesisResponse)(nil),   // 26: quarry.ledger.v1.GetGenesisResponse
+	(*StreamBlocksRequest)(nil),  // 27: quarry.ledger.v1.StreamBlocksRequest
+	(*StreamBlocksResponse)(nil), // 28: quarry.ledger.v1.StreamBlocksResponse
 }
 var file_quarry_ledger_v1_ledger_proto_depIdxs = []int32{
 	2,  // 0: quarry.ledger.v1.Tx.transfer:type_name -> quarry.ledger.v1.Transfer
@@ -1773,27 +2069,30 @@ var file_quarry_ledger_v1_ledger_proto_depIdxs = []int32{
 	5,  // 10: quarry.ledger.v1.GetBlockResponse.block:type_name -> quarry.ledger.v1.Block
 	4,  // 11: quarry.ledger.v1.StatusResponse.head:type_name -> quarry.ledger.v1.BlockHeader
 	9,  // 12: quarry.ledger.v1.StatusResponse.replicas:type_name -> quarry.ledger.v1.Replica
-	8,  // 13: quarry.ledger.v1.GetGenesisResponse.genesis:type_name -> quarry.ledger.v1.Genesis
-	5,  // 14: quarry.ledger.v1.StreamBlocksResponse.block:type_name -> quarry.ledger.v1.Block
-	12, // 15: quarry.ledger.v1.Ledger.SubmitTx:input_type -> quarry.ledger.v1.SubmitTxRequest
-	14, // 16: quarry.ledger.v1.Ledger.GetAccount:input_type -> quarry.ledger.v1.GetAccountRequest
-	16, // 17: quarry.ledger.v1.Ledger.GetTx:input_type -> quarry.ledger.v1.GetTxRequest
-	18, // 18: quarry.ledger.v1.Ledger.GetBlock:input_type -> quarry.ledger.v1.GetBlockRequest
-	20, // 19: quarry.ledger.v1.Ledger.Status:input_type -> quarry.ledger.v1.StatusRequest
-	22, // 20: quarry.ledger.v1.Ledger.GetGenesis:input_type -> quarry.ledger.v1.GetGenesisRequest
-	24, // 21: quarry.ledger.v1.Ledger.StreamBlocks:input_type -> quarry.ledger.v1.StreamBlocksRequest
-	13, // 22: quarry.ledger.v1.Ledger.SubmitTx:output_type -> quarry.ledger.v1.SubmitTxResponse
-	15, // 23: quarry.ledger.v1.Ledger.GetAccount:output_type -> quarry.ledger.v1.GetAccountResponse
-	17, // 24: quarry.ledger.v1.Ledger.GetTx:output_type -> quarry.ledger.v1.GetTxResponse
-	19, // 25: quarry.ledger.v1.Ledger.GetBlock:output_type -> quarry.ledger.v1.GetBlockResponse
-	21, // 26: quarry.ledger.v1.Ledger.Status:output_type -> quarry.ledger.v1.StatusResponse
-	23, // 27: quarry.ledger.v1.Ledger.GetGenesis:output_type -> quarry.ledger.v1.GetGenesisResponse
-	25, // 28: quarry.ledger.v1.Ledger.StreamBlocks:output_type -> quarry.ledger.v1.StreamBlocksResponse
-	22, // [22:29] is the sub-list for method output_type
-	15, // [15:22] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	22, // 13: quarry.ledger.v1.StatusResponse.suspect:type_name -> quarry.ledger.v1.StateSuspicion
+	23, // 14: quarry.ledger.v1.StatusResponse.disputes:type_name -> quarry.ledger.v1.StateDispute
+	24, // 15: quarry.ledger.v1.StateDispute.votes:type_name -> quarry.ledger.v1.StateVote
+	8,  // 16: quarry.ledger.v1.GetGenesisResponse.genesis:type_name -> quarry.ledger.v1.Genesis
+	5,  // 17: quarry.ledger.v1.StreamBlocksResponse.block:type_name -> quarry.ledger.v1.Block
+	12, // 18: quarry.ledger.v1.Ledger.SubmitTx:input_type -> quarry.ledger.v1.SubmitTxRequest
+	14, // 19: quarry.ledger.v1.Ledger.GetAccount:input_type -> quarry.ledger.v1.GetAccountRequest
+	16, // 20: quarry.ledger.v1.Ledger.GetTx:input_type -> quarry.ledger.v1.GetTxRequest
+	18, // 21: quarry.ledger.v1.Ledger.GetBlock:input_type -> quarry.ledger.v1.GetBlockRequest
+	20, // 22: quarry.ledger.v1.Ledger.Status:input_type -> quarry.ledger.v1.StatusRequest
+	25, // 23: quarry.ledger.v1.Ledger.GetGenesis:input_type -> quarry.ledger.v1.GetGenesisRequest
+	27, // 24: quarry.ledger.v1.Ledger.StreamBlocks:input_type -> quarry.ledger.v1.StreamBlocksRequest
+	13, // 25: quarry.ledger.v1.Ledger.SubmitTx:output_type -> quarry.ledger.v1.SubmitTxResponse
+	15, // 26: quarry.ledger.v1.Ledger.GetAccount:output_type -> quarry.ledger.v1.GetAccountResponse
+	17, // 27: quarry.ledger.v1.Ledger.GetTx:output_type -> quarry.ledger.v1.GetTxResponse
+	19, // 28: quarry.ledger.v1.Ledger.GetBlock:output_type -> quarry.ledger.v1.GetBlockResponse
+	21, // 29: quarry.ledger.v1.Ledger.Status:output_type -> quarry.ledger.v1.StatusResponse
+	26, // 30: quarry.ledger.v1.Ledger.GetGenesis:output_type -> quarry.ledger.v1.GetGenesisResponse
+	28, // 31: quarry.ledger.v1.Ledger.StreamBlocks:output_type -> quarry.ledger.v1.StreamBlocksResponse
+	25, // [25:32] is the sub-list for method output_type
+	18, // [18:25] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_quarry_ledger_v1_ledger_proto_init() }
@@ -1810,7 +2109,7 @@ func file_quarry_ledger_v1_ledger_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quarry_ledger_v1_ledger_proto_rawDesc), len(file_quarry_ledger_v1_ledger_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   25,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
