@@ -11,8 +11,10 @@
 //     accumulator), and this package's own keys under "l/": the applied
 //     index, the genesis the directory was initialised with, the
 //     replicated membership (l/member/<raft id> → Replica, l/removed/<raft
-//     id>) and the lowest height this replica has blocks for
-//     (l/first_block, see Snapshots and history).
+//     id>), the lowest height this replica has blocks for
+//     (l/first_block, see Snapshots and history), and the state-hash
+//     dispute keys (l/dispute/<height>, l/own/<height>, l/suspect; see
+//     State-hash disputes).
 //   - The applier (consensus.Applier) applies committed entries; the
 //     producer builds blocks on the leader; the mempool holds validated
 //     txs until a block applies them; the API serves ledger.v1 and
@@ -25,6 +27,8 @@
 //	0x01 block   market Block encoding, from the leader's producer
 //	0x02 member  ReplicaChange (admin.proto): record or forget a replica's
 //	             peer ID and address
+//	0x03 report  StateReport (admin.proto): the state hash a replica
+//	             computed after a block, in a state-hash dispute (below)
 //
 // Raft's own membership (ConfChange) carries only raft IDs; the consensus
 // package owns the ConfChange context. So where a replica is reached and
@@ -100,11 +104,15 @@
 // A block that market rejects deterministically (ErrBadBlock — a deposed
 // leader's block with a stale prev_hash, say) is skipped: the batch holds
 // only the new applied index, on every replica alike, and its txs stay in
-// the leader's mempool for the next block. ErrStateHashMismatch or any
-// other error from ApplyBlock or Pebble halts the replica: it is logged at
-// Error level, nothing is written, consensus.Node.Run returns it and so
-// does Node.Run. A diverged replica must never serve or vote on state it
-// computed differently.
+// the leader's mempool for the next block. A block whose state hash
+// differs from the one this replica computed (ErrStateHashMismatch) is
+// applied with this replica's own writes and opens a dispute (State-hash
+// disputes, below): the batch also holds the replica's own hash for that
+// height and its suspicion. Any other error from ApplyBlock or Pebble, and
+// a verdict that goes against this replica, halts it: it is logged at
+// Error level, nothing of the entry is written, consensus.Node.Run returns
+// it and so does Node.Run; a restart applies the same entry again and
+// halts again.
 //
 // Pebble treats a failed WAL write or sync as fatal (its Logger.Fatalf must
 // not return normally; see package consensus). This package's Pebble
@@ -112,17 +120,136 @@
 // goroutine forever, so no write that depended on the lost one proceeds.
 // The process is expected to exit when Run returns.
 //
+// # State-hash disputes
+//
+// Every replica re-executes every block and compares the state hash it
+// computes with the one in the block's header, which the block's proposer
+// computed. Halting at once on a difference — what this package did first —
+// halts the wrong replicas when the proposer is the one that is wrong (a
+// corrupt disk, another binary in a rolling upgrade, a nondeterminism
+// bug): its headers agree with its own state, so every healthy follower
+// halts, the bad leader loses its quorum, and on restart the followers
+// apply the same block and halt again, with no quorum left even to remove
+// it. So a difference is not taken as proof that this replica is wrong:
+// the replicas record what they computed in the log and a majority of them
+// decides.
+//
+// A replica, with respect to the blocks it applies, is in one of three
+// states:
+//
+//   - in step: the state hash it computes equals every header's. Serves
+//     everything.
+//   - suspect(h): at height h it computed X ≠ the header's H. It keeps the
+//     state it computed (its writes for block h are its own deterministic
+//     ones) and records l/suspect {h, X, H} in the block's batch. While
+//     suspect it serves no state reads (GetAccount, and SubmitTx when it
+//     leads, answer Unavailable: "this replica's state diverged at height
+//     h; waiting for the cluster's verdict"), builds no blocks, hands its
+//     leadership to another voter (consensus.Node.TransferLeadership) and
+//     sends no snapshot (consensus.SnapshotWithholder). It keeps applying
+//     blocks and ignores their mismatches (its base differs, so they say
+//     nothing new), and it proposes a report of X until the log shows it.
+//     Blocks, txs, StreamBlocks and Status are the log's content, the same
+//     on every replica, and are still served; Status says it is suspect.
+//   - halted: a verdict at some height differs from the hash it holds for
+//     that height. Run returns an error wrapping ErrDiverged and
+//     market.ErrStateHashMismatch, with both hashes in it.
+//
+// Each replica keeps the hash of the state it computed after each recent
+// block (l/own/<h>, written in the block's batch, next to the applied
+// index): the last Params.dispute_window_blocks (W, default
+// DefaultDisputeWindow) heights, and any height with an open dispute until
+// it is decided.
+//
+// A dispute at height h lives in replicated state, l/dispute/<h>
+// (StateDispute), outside the market state hash (it is about the state
+// hash, so it cannot be inside it) but in snapshots. It is changed only by
+// applying log entries, identically on every replica:
+//
+//   - A report {h, hash, raft ID, the header's hash H and proposer}
+//     (kind 0x03) from a replica that is not in the replicated membership,
+//     for a height above the head, naming another header hash than the
+//     dispute's, from a replica that already reported at h, or for a
+//     decided dispute, changes nothing.
+//   - No dispute at h and hash = H: nothing (agreement needs no record).
+//   - No dispute at h, hash ≠ H, head ≤ h + W: the dispute opens with that
+//     vote. The proposer of h (its raft ID, from the membership) counts
+//     for H unless it reports itself.
+//   - No dispute at h, hash ≠ H, head > h + W: a late report. The others
+//     may no longer hold their hash for h, and W blocks went by without a
+//     dispute, so the dispute is decided at once for the header.
+//   - Open dispute: the vote is added.
+//   - After each vote, and after each member entry (a removal can complete
+//     a majority; a removed replica's vote stops counting), the votes of
+//     current members are counted; the first hash that a majority of the
+//     members (⌊n/2⌋+1) voted for is the verdict.
+//
+// Voting is affirmative: every member that applies a report for an open
+// dispute, holds its own computed hash for h and has not voted proposes a
+// report of its hash — whether it agrees with the header or not. This
+// replaces the deadline first suggested (count every replica that applied
+// h without reporting for the header once block h+W is applied), because
+// silence is not evidence: a replica that is down or behind has not
+// applied h at all. With the deadline, a bad leader and one honest
+// follower while the third replica is down would rule for the header after
+// W blocks; the honest follower would halt, then the third replica on its
+// return, and the cluster would be down for good, which is the failure
+// this design exists to prevent. With votes the dispute stays open (the
+// follower stays suspect but still votes in raft, so the cluster keeps
+// committing) until the third replica applies h and votes. The votes cost
+// one small entry per replica per dispute, and a dispute with every
+// replica up is decided within one round of proposals, faster than any
+// deadline. A dispute that cannot reach a majority (replicas down, or as
+// many different hashes as replicas) stays open and says so in Status;
+// the operator removes the dead or the wrong replicas (a removal
+// recounts) — docs/operator.md says how.
+//
+// Applying a verdict V for h, each replica compares the hash it holds for
+// h: the same → if it was suspect at h or below, it is in step again (its
+// state after h is the majority's; l/suspect is deleted in the same
+// batch); different → it halts; none (it installed a snapshot from above
+// h that did not carry one) → nothing. Hashes that came with a snapshot
+// (l/own entries are carried, marked inherited) are judged like its own
+// but never vote: the replica did not compute them, and counting them
+// would let one replica's state vote twice. The header keeps the hash its
+// proposer wrote (blocks are a hash chain); the verdict is in Status
+// (disputes) and in GetBlock (verdict_state_hash when it overruled the
+// header). A replica may carry on after a verdict with blocks that its
+// overruled proposer committed before it halted; their headers differ
+// from its state too, and they are settled by a second dispute the same
+// way.
+//
+// Failure paths. A crash anywhere: l/own, l/suspect and l/dispute are
+// written in the batch of the entry that changed them, with the applied
+// index, so a restarted replica resumes as it was — still suspect, its
+// votes still owed (they are derived from the dispute records and its own
+// hashes, and proposed again every election timeout until the log shows
+// them; raft drops proposals across leader changes). A suspect leader's
+// transfer fails or it is elected again: it tries again each election
+// timeout; meanwhile the cluster commits reports and votes, not blocks. A
+// snapshot carries the state of a replica that was not suspect when it
+// was sent, its own hashes (inherited by the receiver) and the dispute
+// records; Restore checks the state against the sender's hash for the
+// snapshot's head, not the header's, since after an overruling verdict
+// the two differ. A replica that installed a bad leader's snapshot before
+// the verdict inherits its hash and halts with it. Raft is crash-fault
+// tolerant, not Byzantine: a majority that computes the same wrong state
+// wins, and a replica that reports falsely can only affect its own fate
+// and the count by one vote.
+//
 // # The daemon's loop
 //
-// Run starts three things under one context: the consensus Ready loop
-// (consensus.Node.Run), the block producer and the gRPC server
+// Run starts four things under one context: the consensus Ready loop
+// (consensus.Node.Run), the block producer, the dispute reporter (which
+// proposes this replica's reports) and the gRPC server
 // (daemon.Server.Run). Cancelling the context drains the gRPC server first,
-// then stops the producer and raft, then closes Pebble. When the drain
+// then stops the producer, the reporter and raft, then closes Pebble. When the drain
 // begins the replica leaves raft at once (the transport is closed: its
 // inbound streams never end on their own and would hold the drain for its
 // whole timeout), and handlers that wait on raft give up with Unavailable
-// (StreamBlocks, SubmitTx with wait). Any of the three failing stops the
-// others and Run returns the error.
+// (StreamBlocks, SubmitTx with wait). Raft or the server failing (the
+// producer and the reporter only retry) stops the others and Run returns
+// the error.
 //
 // # Block production (leader only)
 //
@@ -192,7 +319,8 @@
 // fee below the minimum or an overflowing amount; FailedPrecondition for a
 // stale or future nonce, insufficient funds, an unknown account or an
 // expired tx; ResourceExhausted for a tx too large or a full mempool;
-// Unavailable when there is no leader or the replica is not ready;
+// Unavailable when there is no leader, the replica is not ready or its
+// state is suspect (State-hash disputes);
 // OutOfRange for a block below the replica's first block height (ask
 // another replica). The messages are market's, which say what to do.
 package ledger
