@@ -36,10 +36,11 @@ var (
 	// only its applied index). A deposed leader's stale block ends here.
 	ErrBadBlock = errors.New("market: invalid block: skip it; the leader will propose another")
 	// ErrStateHashMismatch: this replica computed a different state hash
-	// than the block's header. The replica has diverged (nondeterminism or
-	// a corrupt store): halt it, keep its data for inspection, and restore
-	// it from a healthy replica's snapshot.
-	ErrStateHashMismatch = errors.New("market: state hash mismatch: this replica diverged from the leader; halt it and restore it from a healthy replica")
+	// than the block's header. This replica or the block's proposer has
+	// diverged (nondeterminism, another version, a corrupt store); the
+	// ledger daemon lets a majority of the replicas decide which, and the
+	// one that diverged is restored from a healthy replica.
+	ErrStateHashMismatch = errors.New("market: state hash mismatch: this replica and the block's proposer computed different states")
 	// ErrBadGenesis: the genesis is invalid.
 	ErrBadGenesis = errors.New("market: invalid genesis: fix the genesis file")
 	// ErrNotInitialized: the state holds no chain yet.
