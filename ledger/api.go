@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -98,6 +99,11 @@ func (n *Node) submit(ctx context.Context, raw []byte, forwarded bool) ([32]byte
 	st := n.raft.Status()
 	switch {
 	case st.Leader == n.cfg.RaftID && st.State == "StateLeader":
+		if s := n.app.suspect.Load(); s != nil {
+			// It validates against its own state, which is in doubt; it
+			// is handing its leadership on.
+			return [32]byte{}, nil, errSuspect(s)
+		}
 		return n.submitLocal(raw)
 	case forwarded:
 		return [32]byte{}, nil, status.Errorf(codes.Unavailable, "ledger: replica %d is no longer the leader (leader: %d); retry", n.cfg.RaftID, st.Leader)
@@ -244,6 +250,9 @@ func (a *api) GetAccount(ctx context.Context, req *ledgerv1.GetAccountRequest) (
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "ledger: address %q is not a peer ID: %v", req.GetAddress(), err)
 	}
+	if s := a.n.app.suspect.Load(); s != nil {
+		return nil, errSuspect(s)
+	}
 	if req.GetConsistency() == ledgerv1.Consistency_CONSISTENCY_LINEARIZABLE {
 		if _, err := a.n.raft.LinearizableRead(ctx); err != nil {
 			if ctx.Err() != nil {
@@ -261,6 +270,10 @@ func (a *api) GetAccount(ctx context.Context, req *ledgerv1.GetAccountRequest) (
 	acct, exists, err := a.n.ledger.Account(v, addr)
 	if err != nil {
 		return nil, grpcError(err)
+	}
+	if s := a.n.app.suspect.Load(); s != nil && s.GetHeight() <= head.GetHeight() {
+		// It became suspect while this read was under way.
+		return nil, errSuspect(s)
 	}
 	return &ledgerv1.GetAccountResponse{Account: acct, Height: head.GetHeight(), Exists: exists}, nil
 }
@@ -319,7 +332,15 @@ func (a *api) GetBlock(_ context.Context, req *ledgerv1.GetBlockRequest) (*ledge
 		head, _, _ := a.n.ledger.Head(v)
 		return nil, status.Errorf(codes.NotFound, "ledger: no block %d on this replica yet (its head is %d)", req.GetHeight(), head.GetHeight())
 	}
-	return &ledgerv1.GetBlockResponse{Block: blk, Hash: hash}, nil
+	resp := &ledgerv1.GetBlockResponse{Block: blk, Hash: hash}
+	d, err := loadDispute(v, req.GetHeight())
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	if d.GetVerdict() != nil && !bytes.Equal(d.GetVerdict(), d.GetHeaderStateHash()) {
+		resp.VerdictStateHash = d.GetVerdict()
+	}
+	return resp, nil
 }
 
 func (n *Node) block(r market.Reader, height uint64) (*ledgerv1.Block, []byte, bool, error) {
@@ -354,6 +375,10 @@ func (a *api) Status(context.Context, *ledgerv1.StatusRequest) (*ledgerv1.Status
 	if err != nil {
 		return nil, grpcError(err)
 	}
+	disputes, err := loadDisputes(v)
+	if err != nil {
+		return nil, grpcError(err)
+	}
 	st := a.n.raft.Status()
 	return &ledgerv1.StatusResponse{
 		ChainId:          a.n.ledger.ChainID(),
@@ -364,6 +389,8 @@ func (a *api) Status(context.Context, *ledgerv1.StatusRequest) (*ledgerv1.Status
 		AppliedIndex:     applied,
 		Replicas:         a.n.members(),
 		FirstBlockHeight: first,
+		Suspect:          a.n.app.suspect.Load(),
+		Disputes:         disputes,
 	}, nil
 }
 

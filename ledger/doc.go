@@ -63,8 +63,9 @@
 //
 // # Snapshots and history
 //
-// A raft snapshot (Applier.Snapshot) carries the state — s/, m/ and the
-// membership — plus the head block and the tx index entries of its txs:
+// A raft snapshot (Applier.Snapshot) carries the state — s/, m/, the
+// membership, the state-hash disputes and the sender's own recent state
+// hashes — plus the head block and the tx index entries of its txs:
 // what serving the head and building and checking the next block need.
 // It does not carry older blocks or the tx index, which grow with every
 // block (a few GB an hour at 3,000 tx/s): the snapshot's size follows
@@ -310,7 +311,8 @@
 // of one Pebble snapshot, and says the height it reflects: it may lag the
 // leader, never by a block that was not committed. GetAccount of an
 // address that never received tokens answers a zero account with exists
-// = false.
+// = false. A replica whose state is in doubt answers GetAccount with
+// Unavailable (State-hash disputes).
 //
 // # Errors
 //

@@ -1,7 +1,6 @@
 package ledger
 
 import (
-	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -12,45 +11,6 @@ import (
 	"github.com/quarrynet/quarry/market"
 	ledgerv1 "github.com/quarrynet/quarry/proto/quarry/ledger/v1"
 )
-
-// TestStateHashMismatchHalts corrupts one replica's state behind the
-// ledger's back: the next block touching it computes another state hash, so
-// that replica halts loudly with ErrStateHashMismatch and writes nothing,
-// while the others carry on.
-func TestStateHashMismatchHalts(t *testing.T) {
-	c := newCluster(t, clusterOpts{replicas: 3})
-	lead := c.leader()
-	victim := lead%3 + 1
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if _, err := c.submit(ctx, 1, c.transfer(0, 1, 5, 1)); err != nil {
-		t.Fatal(err)
-	}
-	c.agree()
-	r := c.reps[victim]
-	key := append([]byte("s/acct/"), c.dev.Accounts[5].PeerID()...)
-	bad, _ := proto.Marshal(&ledgerv1.Account{Balance: 7})
-	if err := r.node.db.Set(key, bad, nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.submit(ctx, lead, c.transfer(1, 1, 5, 1)); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-r.done:
-		if !errors.Is(err, market.ErrStateHashMismatch) {
-			t.Fatalf("victim's Run: %v, want ErrStateHashMismatch", err)
-		}
-		r.node = nil
-	case <-ctx.Done():
-		t.Fatal("the diverged replica did not halt")
-	}
-	// The others carry on.
-	if _, err := c.submit(ctx, lead, c.transfer(2, 1, 5, 1)); err != nil {
-		t.Fatal(err)
-	}
-	c.agree()
-}
 
 // TestPebbleFatalHalts: Pebble's Fatalf (a lost WAL write) makes Run return.
 func TestPebbleFatalHalts(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/quarrynet/quarry/consensus"
 	"github.com/quarrynet/quarry/internal/daemon"
@@ -100,6 +102,10 @@ type replica struct {
 	node   *Node
 	cancel context.CancelFunc
 	done   chan error
+	// corrupt marks a replica whose state a test corrupted behind the
+	// ledger's back: the per-block invariant check, which would stop it
+	// before the disputes do, is off for it.
+	corrupt atomic.Bool
 }
 
 func freeAddr(t testing.TB) string {
@@ -115,6 +121,9 @@ func testParams() *ledgerv1.Params {
 	p := market.DevParams()
 	p.BlockIntervalNs = uint64(20 * time.Millisecond)
 	p.MaxTxsPerBlock = 500
+	// A small window keeps every replica's ring of own state hashes (and
+	// so its snapshots) small.
+	p.DisputeWindowBlocks = 8
 	return p
 }
 
@@ -181,9 +190,15 @@ func (c *cluster) start(id uint64) {
 	}
 	// Supply conserved and the state hash recomputed from scratch after
 	// every applied block (replicas agree on it because every block
-	// carries it and ApplyBlock checks it).
+	// carries it and ApplyBlock checks it), against the hash the replica
+	// holds: the header's, unless a dispute overruled it.
 	if !c.opts.noCheck {
-		node.app.check = func() error { return market.CheckInvariants(node.ledger, reader{node.db}) }
+		node.app.check = func() error {
+			if r.corrupt.Load() {
+				return nil
+			}
+			return checkState(node.ledger, reader{node.db})
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.node, r.cancel, r.done = node, cancel, make(chan error, 1)
@@ -405,10 +420,68 @@ func (c *cluster) agree() {
 		return true
 	})
 	for i, r := range reps {
-		if err := market.CheckInvariants(r.node.ledger, views[i]); err != nil {
+		if r.corrupt.Load() {
+			continue
+		}
+		if err := checkState(r.node.ledger, views[i]); err != nil {
 			c.t.Errorf("replica %d: %v", r.id, err)
 		}
 	}
+}
+
+// checkState checks the ledger's invariants on r against the state hash
+// the replica holds for its head.
+func checkState(l *market.Ledger, r market.Reader) error {
+	want, err := ownStateHash(l, r)
+	if err != nil {
+		return err
+	}
+	return market.CheckInvariantsAt(l, r, want)
+}
+
+// corrupt changes account acct's balance in replica id's Pebble behind the
+// ledger's back (a corrupt disk, or a replica that computed differently):
+// the next block touching the account gives it another state hash. It
+// turns the replica's invariant check off.
+func (c *cluster) corrupt(id uint64, acct int, balance uint64) {
+	c.t.Helper()
+	r := c.reps[id]
+	r.corrupt.Store(true)
+	key := append([]byte("s/acct/"), c.dev.Accounts[acct].PeerID()...)
+	bad, err := proto.Marshal(&ledgerv1.Account{Balance: balance})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if err := r.node.db.Set(key, bad, nil); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// halted waits for replica id's Run to return (it halted) and returns its
+// error; the replica is then not running.
+func (c *cluster) halted(id uint64, within time.Duration) error {
+	c.t.Helper()
+	r := c.reps[id]
+	select {
+	case err := <-r.done:
+		r.node = nil
+		return err
+	case <-time.After(within):
+		c.t.Fatalf("replica %d did not halt within %v", id, within)
+		return nil
+	}
+}
+
+// status is replica id's Status.
+func (c *cluster) status(id uint64) *ledgerv1.StatusResponse {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := c.api(id).Status(ctx, &ledgerv1.StatusRequest{})
+	if err != nil {
+		c.t.Fatalf("Status on %d: %v", id, err)
+	}
+	return st
 }
 
 func (c *cluster) balance(id uint64, acct int) uint64 {

@@ -184,7 +184,9 @@ type Node struct {
 	heads     *notifier
 	// poolFull nudges the producer when the mempool holds a block's worth.
 	poolFull chan struct{}
-	admins   map[peer.ID]bool
+	// disputeNudge wakes the reporter: this replica may owe a report.
+	disputeNudge chan struct{}
+	admins       map[peer.ID]bool
 
 	mu struct {
 		sync.Mutex
@@ -213,6 +215,8 @@ func New(cfg Config) (_ *Node, err error) {
 		heads:    newNotifier(),
 		poolFull: make(chan struct{}, 1),
 		admins:   map[peer.ID]bool{},
+
+		disputeNudge: make(chan struct{}, 1),
 	}
 	n.mu.conns = map[uint64]*peerConn{}
 	for _, a := range cfg.Admins {
@@ -285,9 +289,21 @@ func New(cfg Config) (_ *Node, err error) {
 
 	n.app = &applier{
 		db: n.db, ledger: n.ledger, log: n.log, metrics: n.metrics, applied: applied,
+		self: cfg.RaftID, window: disputeWindow(n.params),
 		onBlock:   n.blockApplied,
 		onMembers: n.reloadMembers,
 		onRestore: func() { n.pool.clear(); n.reloadMembers(); n.heads.notify() },
+		onDispute: n.nudgeReporter,
+	}
+	suspect, err := loadSuspect(reader{n.db})
+	if err != nil {
+		return nil, err
+	}
+	if suspect != nil {
+		n.app.suspect.Store(suspect)
+		n.metrics.suspect.Set(1)
+		n.log.Warn("this replica's state is in doubt (it diverged before it stopped); waiting for the replicas' verdict",
+			"height", suspect.GetHeight(), "computed", fmt.Sprintf("%x", suspect.GetStateHash()), "header", fmt.Sprintf("%x", suspect.GetHeaderStateHash()))
 	}
 	store, err := consensus.OpenLogStore(n.db)
 	if err != nil {
@@ -374,6 +390,8 @@ func (n *Node) Run(ctx context.Context) error {
 	go func() { raftDone <- n.raft.Run(nodeCtx) }()
 	prodDone := make(chan struct{})
 	go func() { defer close(prodDone); n.produce(nodeCtx) }()
+	reportDone := make(chan struct{})
+	go func() { defer close(reportDone); n.reportDisputes(nodeCtx) }()
 	srvDone := make(chan error, 1)
 	go func() { srvDone <- n.srv.Run(srvCtx) }()
 	// The transport's inbound raft streams never end on their own, so a
@@ -423,6 +441,7 @@ func (n *Node) Run(ctx context.Context) error {
 		return errors.Join(n.halt.err, srvErr)
 	}
 	<-prodDone
+	<-reportDone
 	n.tr.Close()
 	n.closeConns()
 	dbErr := n.db.Close()
@@ -610,6 +629,8 @@ type metrics struct {
 	applyLatency  prometheus.Histogram
 	sigHits       prometheus.Counter
 	sigVerify     prometheus.Histogram
+	divergences   prometheus.Counter
+	suspect       prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -629,7 +650,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Buckets: prometheus.ExponentialBuckets(0.000005, 2, 12),
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.blocksApplied, m.blocksSkipped, m.txsApplied, m.mempool, m.height, m.applyLatency, m.sigHits, m.sigVerify} {
+	m.divergences = prometheus.NewCounter(prometheus.CounterOpts{Name: "quarry_ledger_state_divergences_total", Help: "Times this replica computed another state hash than a block's header and became suspect (see package ledger: state-hash disputes)."})
+	m.suspect = prometheus.NewGauge(prometheus.GaugeOpts{Name: "quarry_ledger_state_suspect", Help: "1 while this replica's state is in doubt (it waits for the replicas' verdict and serves no state reads)."})
+	for _, c := range []prometheus.Collector{m.blocksApplied, m.blocksSkipped, m.txsApplied, m.mempool, m.height, m.applyLatency, m.sigHits, m.sigVerify, m.divergences, m.suspect} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("ledger: registering metrics: %w", err)
 		}

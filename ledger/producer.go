@@ -17,7 +17,10 @@ func (n *Node) produce(ctx context.Context) {
 	interval := time.Duration(n.params.GetBlockIntervalNs())
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
-	var syncedTerm uint64
+	var (
+		syncedTerm   uint64
+		lastTransfer time.Time
+	)
 	for {
 		select {
 		case <-ctx.Done():
@@ -31,6 +34,19 @@ func (n *Node) produce(ctx context.Context) {
 				syncedTerm = 0
 				if st.Leader != 0 && n.pool.len() > 0 {
 					n.handOff(ctx, st.Leader)
+				}
+				break
+			}
+			if s := n.app.suspect.Load(); s != nil {
+				// A replica whose state is in doubt builds nothing on it
+				// and hands the leadership on (again each election
+				// timeout: it may be elected again, or the transfer may
+				// lapse).
+				syncedTerm = 0
+				if time.Since(lastTransfer) >= n.electionTimeout() {
+					lastTransfer = time.Now()
+					to, err := n.raft.TransferLeadership(ctx)
+					n.log.Warn("leading with a state in doubt: transferring leadership", "suspect_since", s.GetHeight(), "to", to, "err", err)
 				}
 				break
 			}

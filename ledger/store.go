@@ -10,8 +10,10 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/quarrynet/quarry/market"
+	ledgerv1 "github.com/quarrynet/quarry/proto/quarry/ledger/v1"
 )
 
 // Keys this package owns in the shared Pebble DB. Market's keys (s/, b/,
@@ -28,18 +30,37 @@ var (
 	// index entries) for: absent means 1; a restored snapshot sets it to
 	// the snapshot's head. Not replicated: each replica's own history.
 	keyFirstBlock = []byte("l/first_block")
+	// prefixDispute holds the replicated state-hash disputes
+	// (l/dispute/<height> → StateDispute): outside the state hash, in
+	// snapshots.
+	prefixDispute = []byte("l/dispute/")
+	// prefixOwn holds the state hash this replica holds after each recent
+	// block (l/own/<height> → flag byte, hash), written with the block:
+	// ownComputed if it computed it, ownInherited if it came with a
+	// snapshot. Carried in snapshots (marked inherited on the receiver).
+	prefixOwn = []byte("l/own/")
+	// keySuspect is this replica's suspicion (StateSuspicion), set while
+	// its state is in doubt. Its own business: not in snapshots.
+	keySuspect = []byte("l/suspect")
+)
+
+// Flags of an l/own/ value.
+const (
+	ownInherited byte = 0
+	ownComputed  byte = 1
 )
 
 // statePrefixes are the key ranges a state snapshot carries whole:
-// market's state (s/) and head and state-hash accumulator (m/), and the
-// replicated membership. Not the raft log, not the applied index (Restore
+// market's state (s/) and head and state-hash accumulator (m/), the
+// replicated membership, the state-hash disputes and the sender's own
+// recent state hashes. Not the raft log, not the applied index (Restore
 // sets it), not the genesis (every replica of a chain has the same one and
 // checks it at New), and not the history — market's blocks (b/) and tx
 // index (x/), which grow with every block: a snapshot carries only the
 // head block and its txs' index entries (what GetBlock of the head and the
 // next block's checks need), so its size follows the state, not the
 // chain's age.
-var statePrefixes = [][]byte{[]byte("m/"), []byte("s/"), prefixMember, prefixRemoved}
+var statePrefixes = [][]byte{[]byte("m/"), []byte("s/"), prefixMember, prefixRemoved, prefixDispute, prefixOwn}
 
 // historyPrefixes are market's history: replaced by the snapshot's head
 // block on Restore. A snapshot from an older version carries all of it,
@@ -50,6 +71,82 @@ func memberKey(id uint64) []byte { return binary.BigEndian.AppendUint64(bytes.Cl
 
 func removedKey(id uint64) []byte {
 	return binary.BigEndian.AppendUint64(bytes.Clone(prefixRemoved), id)
+}
+
+func disputeKey(h uint64) []byte {
+	return binary.BigEndian.AppendUint64(bytes.Clone(prefixDispute), h)
+}
+
+func ownKey(h uint64) []byte { return binary.BigEndian.AppendUint64(bytes.Clone(prefixOwn), h) }
+
+// ownHash returns the state hash r holds for height h and whether this
+// replica computed it (rather than inherited it with a snapshot); nil if
+// none.
+func ownHash(r market.Reader, h uint64) (hash []byte, computed bool, err error) {
+	v, ok, err := r.Get(ownKey(h))
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	if len(v) < 2 {
+		return nil, false, fmt.Errorf("ledger: corrupt %s%d (%d bytes)", prefixOwn, h, len(v))
+	}
+	return v[1:], v[0] == ownComputed, nil
+}
+
+// ownStateHash is the state hash of r's state as this replica holds it:
+// its own hash for the head, or the head header's when it has none (a
+// state from before this was recorded, or the genesis).
+func ownStateHash(l *market.Ledger, r market.Reader) ([]byte, error) {
+	head, _, err := l.Head(r)
+	if err != nil {
+		return nil, err
+	}
+	own, _, err := ownHash(r, head.GetHeight())
+	if err != nil || own != nil {
+		return own, err
+	}
+	return head.GetStateHash(), nil
+}
+
+// loadDispute reads the dispute at height h (nil if none).
+func loadDispute(r market.Reader, h uint64) (*ledgerv1.StateDispute, error) {
+	v, ok, err := r.Get(disputeKey(h))
+	if err != nil || !ok {
+		return nil, err
+	}
+	d := new(ledgerv1.StateDispute)
+	if err := proto.Unmarshal(v, d); err != nil {
+		return nil, fmt.Errorf("ledger: stored dispute at %d: %w", h, err)
+	}
+	return d, nil
+}
+
+// loadDisputes reads every dispute, by height.
+func loadDisputes(r market.Reader) ([]*ledgerv1.StateDispute, error) {
+	var out []*ledgerv1.StateDispute
+	var derr error
+	err := r.Iterate(prefixDispute, prefixEnd(prefixDispute), func(_, v []byte) bool {
+		d := new(ledgerv1.StateDispute)
+		if derr = proto.Unmarshal(v, d); derr != nil {
+			return false
+		}
+		out = append(out, d)
+		return true
+	})
+	return out, errors.Join(err, derr)
+}
+
+// loadSuspect reads this replica's suspicion (nil if none).
+func loadSuspect(r market.Reader) (*ledgerv1.StateSuspicion, error) {
+	v, ok, err := r.Get(keySuspect)
+	if err != nil || !ok {
+		return nil, err
+	}
+	s := new(ledgerv1.StateSuspicion)
+	if err := proto.Unmarshal(v, s); err != nil {
+		return nil, fmt.Errorf("ledger: stored %s: %w", keySuspect, err)
+	}
+	return s, nil
 }
 
 func prefixEnd(p []byte) []byte {

@@ -1478,8 +1478,10 @@ type StateSuspicion struct {
 	// What this replica computed, and what the header says.
 	StateHash       []byte `protobuf:"bytes,2,opt,name=state_hash,json=stateHash,proto3" json:"state_hash,omitempty"`
 	HeaderStateHash []byte `protobuf:"bytes,3,opt,name=header_state_hash,json=headerStateHash,proto3" json:"header_state_hash,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The block's proposer (peer ID bytes, as in the header).
+	Proposer      []byte `protobuf:"bytes,4,opt,name=proposer,proto3" json:"proposer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StateSuspicion) Reset() {
@@ -1529,6 +1531,13 @@ func (x *StateSuspicion) GetStateHash() []byte {
 func (x *StateSuspicion) GetHeaderStateHash() []byte {
 	if x != nil {
 		return x.HeaderStateHash
+	}
+	return nil
+}
+
+func (x *StateSuspicion) GetProposer() []byte {
+	if x != nil {
+		return x.Proposer
 	}
 	return nil
 }
@@ -1968,12 +1977,13 @@ const file_quarry_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x12first_block_height\x18\b \x01(\x04R\x10firstBlockHeight\x12:\n" +
 	"\asuspect\x18\t \x01(\v2 .quarry.ledger.v1.StateSuspicionR\asuspect\x12:\n" +
 	"\bdisputes\x18\n" +
-	" \x03(\v2\x1e.quarry.ledger.v1.StateDisputeR\bdisputes\"s\n" +
+	" \x03(\v2\x1e.quarry.ledger.v1.StateDisputeR\bdisputes\"\x8f\x01\n" +
 	"\x0eStateSuspicion\x12\x16\n" +
 	"\x06height\x18\x01 \x01(\x04R\x06height\x12\x1d\n" +
 	"\n" +
 	"state_hash\x18\x02 \x01(\fR\tstateHash\x12*\n" +
-	"\x11header_state_hash\x18\x03 \x01(\fR\x0fheaderStateHash\"\xb3\x02\n" +
+	"\x11header_state_hash\x18\x03 \x01(\fR\x0fheaderStateHash\x12\x1a\n" +
+	"\bproposer\x18\x04 \x01(\fR\bproposer\"\xb3\x02\n" +
 	"\fStateDispute\x12\x16\n" +
 	"\x06height\x18\x01 \x01(\x04R\x06height\x12*\n" +
 	"\x11header_state_hash\x18\x02 \x01(\fR\x0fheaderStateHash\x12(\n" +
