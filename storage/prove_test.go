@@ -84,7 +84,9 @@ func TestAbortedImportStopsCommitter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// More than one 8 MiB staging buffer, so the committer has started.
+	// A failure below must not leave workers for the next test to count.
+	t.Cleanup(w.Abort)
+	// More than one 8 MiB staging buffer, so the committer gets work.
 	data := make([]byte, 256<<10)
 	for i := 0; i < 40; i++ {
 		data[0], data[1] = byte(i), 0xab
@@ -94,11 +96,17 @@ func TestAbortedImportStopsCommitter(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if committerWorkers() == 0 {
-		t.Fatal("no committer workers running mid-import: the test would prove nothing")
+	// The stream hands full buffers to its commit goroutine, which starts
+	// the workers when it first writes: poll, as AddBlock need not wait.
+	deadline := time.Now().Add(5 * time.Second)
+	for committerWorkers() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no committer workers running mid-import: the test would prove nothing")
+		}
+		runtime.Gosched()
 	}
 	w.Abort()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline = time.Now().Add(5 * time.Second)
 	for committerWorkers() > 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d committer workers still running after Abort", committerWorkers())
