@@ -12,14 +12,16 @@
 # Prints, per offered rate, ledgerload's line (committed tx/s, p50/p99 of
 # submit → in a committed block), then where the time went during that
 # step: for each replica the deltas of its /metrics over the step — blocks
-# applied, txs per block, ms per block in apply (ledger_block_apply_seconds;
+# applied, txs per block, ms per block in apply (quarry_ledger_block_apply_seconds;
 # on followers it includes verifying every signature, on the leader those
 # are cached from submission), CPU ms per block (process_cpu_seconds_total),
 # SubmitTx handler µs per tx (on the leader: decode, nonce checks, one
-# signature verification; on followers: forwarding) — and an estimate of
-# signature verification at 55 µs per signature (no metric counts it). The
-# replicas do not export fsync time; a dd probe of 4 KiB O_DSYNC writes in
-# the run directory gives the device's cost of one sync instead.
+# signature verification; on followers: forwarding) — and
+# the measured signature checks (quarry_ledger_sig_verify_seconds: uncached
+# checks per tx and µs each) and raft Ready persistence per block
+# (quarry_consensus_ready_persist_seconds: the Pebble batch, with its fsync
+# when synced). A dd probe of 4 KiB O_DSYNC writes in the run directory gives
+# the device's cost of one sync for comparison.
 #
 # Bars from issue 4, printed as ok/LOW (throughput) and ok/HIGH (latency):
 # committed >= 3,000 tx/s at some offered rate; p99 <= 100 ms at 1,000 tx/s
@@ -36,7 +38,6 @@ DURATION="${DURATION:-20s}"
 RATES="${RATES:-1000 8000}"
 ACCOUNTS="${ACCOUNTS:-400}"
 BLOCK_INTERVAL="${BLOCK_INTERVAL:-20ms}"
-SIG_US=55 # ed25519 verification, µs per signature per core on this machine (issue 4)
 
 mkdir -p bench/.cache
 if command -v flock >/dev/null 2>&1; then
@@ -113,35 +114,42 @@ for r in $RATES; do
 	# the last blocks; the scrapes bracket it.
 	read -r step_s lu ls <"$run/load.$r.time"
 	echo "#   where the time went at $r/s ($(sed -n 1p "$run/load.$r")); per replica over the ${step_s} s step:"
-	echo "#     replica        blocks txs/block apply_ms/block cpu_ms/block cpu_s submit_us/tx sigverify_est_ms/block fsync_ms/block"
-	total_cpu=0 lead_blocks=0
+	echo "#     replica        blocks txs/block apply_ms/block cpu_ms/block cpu_s submit_us/tx sigs/tx sig_us sigverify_ms/block persist_ms/block syncs/block"
+	total_cpu=0 total_sig=0 lead_blocks=0
 	for i in 1 2 3; do
 		role=follower
 		[ "$i" = "$lead" ] && role=leader
-		blocks=$(delta "$i" ledger_blocks_applied_total)
-		txs=$(delta "$i" ledger_txs_applied_total)
-		apply_s=$(delta "$i" ledger_block_apply_seconds_sum)
-		apply_n=$(delta "$i" ledger_block_apply_seconds_count)
+		blocks=$(delta "$i" quarry_ledger_blocks_applied_total)
+		txs=$(delta "$i" quarry_ledger_txs_applied_total)
+		apply_s=$(delta "$i" quarry_ledger_block_apply_seconds_sum)
+		apply_n=$(delta "$i" quarry_ledger_block_apply_seconds_count)
 		cpu=$(delta "$i" process_cpu_seconds_total)
 		sub_s=$(delta "$i" grpc_server_handling_seconds_sum 'grpc_method="SubmitTx"')
 		sub_n=$(delta "$i" grpc_server_handling_seconds_count 'grpc_method="SubmitTx"')
+		sig_s=$(delta "$i" quarry_ledger_sig_verify_seconds_sum)
+		sig_n=$(delta "$i" quarry_ledger_sig_verify_seconds_count)
+		persist_s=$(delta "$i" quarry_consensus_ready_persist_seconds_sum)
+		syncs=$(delta "$i" quarry_consensus_ready_persist_seconds_count 'sync="true"')
 		total_cpu=$(awk -v a="$total_cpu" -v b="$cpu" 'BEGIN { print a + b }')
+		total_sig=$(awk -v a="$total_sig" -v b="$sig_s" 'BEGIN { print a + b }')
 		[ "$role" = leader ] && lead_blocks=$blocks
 		awk -v i="$i" -v role="$role" -v blocks="$blocks" -v txs="$txs" -v as="$apply_s" -v an="$apply_n" -v cpu="$cpu" \
-			-v ss="$sub_s" -v sn="$sub_n" -v sig="$SIG_US" 'BEGIN {
+			-v ss="$sub_s" -v sn="$sub_n" -v gs="$sig_s" -v gn="$sig_n" -v ps="$persist_s" -v sy="$syncs" 'BEGIN {
 				per = (blocks > 0) ? txs / blocks : 0
-				printf "#     %d %-9s %7d %9.1f %14.2f %12.2f %5.1f %12.1f %22.2f %14s\n", i, role, blocks, per,
+				printf "#     %d %-9s %7d %9.1f %14.2f %12.2f %5.1f %12.1f %7.2f %6.1f %18.2f %16.2f %11.1f\n", i, role, blocks, per,
 					(an > 0) ? as / an * 1000 : 0, (blocks > 0) ? cpu / blocks * 1000 : 0, cpu,
-					(sn > 0) ? ss / sn * 1e6 : 0, per * sig / 1000, "n/a"
+					(sn > 0) ? ss / sn * 1e6 : 0, (txs > 0) ? gn / txs : 0, (gn > 0) ? gs / gn * 1e6 : 0,
+					(blocks > 0) ? gs / blocks * 1000 : 0, (blocks > 0) ? ps / blocks * 1000 : 0, (blocks > 0) ? sy / blocks : 0
 			}'
 	done
-	awk -v c="$total_cpu" -v lu="$lu" -v ls="$ls" -v d="$step_s" -v n="$(nproc)" -v sig="$SIG_US" -v tps="${quarry_tps[$r]}" -v b="$lead_blocks" 'BEGIN {
+	awk -v c="$total_cpu" -v g="$total_sig" -v lu="$lu" -v ls="$ls" -v d="$step_s" -v n="$(nproc)" -v b="$lead_blocks" 'BEGIN {
 		if (b > 0) printf "#     a block every %.1f ms of the step (its wall time / blocks applied)\n", d / b * 1000
-		printf "#     CPU over the step: replicas %.1f s, ledgerload %.1f s (signing and submitting), of %.1f core-seconds (%d cores x %.1f s)\n", c, lu + ls, n * d, n, d
-		printf "#     signature checks (est.): 3 per tx (leader at submit, each follower at apply) x %d us = %.0f us CPU per tx, %.2f cores at %.0f tx/s\n", sig, 3 * sig, tps * 3 * sig / 1e6, tps
+		printf "#     CPU over the step: replicas %.1f s (of which signature checks %.1f s, %.0f%%), ledgerload %.1f s (signing and submitting), of %.1f core-seconds (%d cores x %.1f s)\n", c, g, (c > 0) ? g / c * 100 : 0, lu + ls, n * d, n, d
 	}'
 done
-echo "#   apply_ms excludes the batch commit; fsync_ms/block: the replicas export no Ready-persistence metric."
+echo "#   sigs/tx: uncached ed25519 checks per applied tx on that replica (each replica checks each tx once: at submit if it was"
+echo "#   submitted there, else at apply); sig_us: time of one (quarry_ledger_sig_verify_seconds); persist_ms: raft Ready"
+echo "#   persistence (quarry_consensus_ready_persist_seconds, one Pebble batch, synced syncs/block times); apply_ms excludes it."
 echo "#   The commit path syncs twice in sequence (leader appends, then a follower appends before acking): ~2 x ${fsync_ms:-?} ms, plus half a block interval waiting for the block to be cut."
 
 best=0

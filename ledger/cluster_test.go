@@ -297,7 +297,7 @@ func TestMetrics(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	for _, m := range []string{"ledger_blocks_applied_total 1", "ledger_txs_applied_total 1", "ledger_mempool_txs 0", "ledger_block_apply_seconds_count 1",
+	for _, m := range []string{"quarry_ledger_blocks_applied_total 1", "quarry_ledger_txs_applied_total 1", "quarry_ledger_mempool_txs 0", "quarry_ledger_block_apply_seconds_count 1",
 		// Verified once at submission; building and applying the block hit the cache.
 		"quarry_ledger_sig_verify_seconds_count 1", "quarry_ledger_sig_cache_hits_total 2",
 		`quarry_consensus_ready_persist_seconds_count{sync="true"}`} {

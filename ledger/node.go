@@ -635,13 +635,13 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
-		blocksApplied: prometheus.NewCounter(prometheus.CounterOpts{Name: "ledger_blocks_applied_total", Help: "Blocks applied to this replica's state."}),
-		blocksSkipped: prometheus.NewCounter(prometheus.CounterOpts{Name: "ledger_blocks_skipped_total", Help: "Committed blocks skipped as invalid (deterministically, on every replica)."}),
-		txsApplied:    prometheus.NewCounter(prometheus.CounterOpts{Name: "ledger_txs_applied_total", Help: "Transactions applied to this replica's state."}),
-		mempool:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "ledger_mempool_txs", Help: "Transactions waiting in this replica's mempool."}),
-		height:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "ledger_height", Help: "Height of this replica's applied head."}),
+		blocksApplied: prometheus.NewCounter(prometheus.CounterOpts{Name: "quarry_ledger_blocks_applied_total", Help: "Blocks applied to this replica's state."}),
+		blocksSkipped: prometheus.NewCounter(prometheus.CounterOpts{Name: "quarry_ledger_blocks_skipped_total", Help: "Committed blocks skipped as invalid (deterministically, on every replica)."}),
+		txsApplied:    prometheus.NewCounter(prometheus.CounterOpts{Name: "quarry_ledger_txs_applied_total", Help: "Transactions applied to this replica's state."}),
+		mempool:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "quarry_ledger_mempool_txs", Help: "Transactions waiting in this replica's mempool."}),
+		height:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "quarry_ledger_height", Help: "Height of this replica's applied head."}),
 		applyLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "ledger_block_apply_seconds", Help: "Time to apply one block (ApplyBlock and batch).",
+			Name: "quarry_ledger_block_apply_seconds", Help: "Time to apply one block (ApplyBlock and batch).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
 		sigHits: prometheus.NewCounter(prometheus.CounterOpts{Name: "quarry_ledger_sig_cache_hits_total", Help: "Tx signature checks answered by the cache of verified signatures (no ed25519 verification)."}),
