@@ -5,6 +5,8 @@ package proofs
 //	go test ./proofs -run '^$' -bench . -count 6 | tee new.txt && benchstat new.txt
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -196,6 +198,45 @@ func BenchmarkProve(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkUnmarshalLayers loads the layers of a 1 GiB piece: QPL2 as
+// sealed now (1 MiB: header checks, one copy, one node hash) and QPL1 as
+// sealed before (512 KiB of stored level, ≈ 16 k node hashes to rebuild
+// the levels above).
+func BenchmarkUnmarshalLayers(b *testing.B) {
+	_, _, l := gibPiece(b)
+	v2, _ := l.MarshalBinary()
+	v1 := marshalLayersV1(l)
+	for _, bc := range []struct {
+		name string
+		enc  []byte
+	}{{"QPL2", v2}, {"QPL1", v1}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(bc.enc)))
+			for b.Loop() {
+				if _, err := UnmarshalLayers(bc.enc); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// marshalLayersV1 encodes l as QPL1: "QPL1", uvarint size, root, uvarint
+// count, the first 8 bytes of the SHA-256 of those, the stored level.
+func marshalLayersV1(l *Layers) []byte {
+	stored := l.nodes[:l.start[min(1, l.height-l.base)]]
+	if l.height == l.base && l.c.Size > 0 {
+		stored = l.c.Root[:]
+	}
+	b := []byte(layersMagicV1)
+	b = binary.AppendUvarint(b, l.c.Size)
+	b = append(b, l.c.Root[:]...)
+	b = binary.AppendUvarint(b, uint64(len(stored)/32))
+	sum := sha256.Sum256(b)
+	b = append(b, sum[:8]...)
+	return append(b, stored...)
 }
 
 // BenchmarkVerify verifies a 16-challenge proof over a 1 GiB piece, decoding

@@ -62,7 +62,7 @@ func TestCommitMatchesReference(t *testing.T) {
 	for _, size := range edgeSizes {
 		data := randBytes(r, size)
 		want := refCommit(data)
-		wantStored := refStoredLevel(data)
+		wantLayers := refLayersQPL2(data)
 
 		got, l, err := CommitBytesLayers(data)
 		if err != nil {
@@ -74,8 +74,8 @@ func TestCommitMatchesReference(t *testing.T) {
 		if l.Commitment() != want {
 			t.Fatalf("size %d: layers commitment %v", size, l.Commitment())
 		}
-		if len(l.level[0]) != len(wantStored) || (len(wantStored) > 0 && !equalHashes(l.level[0], wantStored)) {
-			t.Fatalf("size %d: stored level has %d nodes, reference %d", size, len(l.level[0]), len(wantStored))
+		if got := layersBytes(t, l); !bytes.Equal(got, wantLayers) {
+			t.Fatalf("size %d: layers encode to %d bytes, reference %d (or differ)", size, len(got), len(wantLayers))
 		}
 		// Streaming in odd-sized writes, from tiny to several chunks.
 		for _, maxWrite := range []int{1 + r.IntN(3000), 3 * chunkSize, zeroCopyMin + chunkSize} {
@@ -288,18 +288,22 @@ func TestCommitterMisuse(t *testing.T) {
 	}
 }
 
+// TestLayersEncoding: QPL2 round-trips; truncation, a damaged header and a
+// damaged top level are refused; damage lower down decodes (QPL2 does not
+// rehash the levels, TestCorruptLayersFailToProve covers what it costs).
 func TestLayersEncoding(t *testing.T) {
 	r := rand.New(rand.NewPCG(9, 10))
-	for _, size := range []int{0, 1, LeafSize + 1, StoredSubtreeSize + 1, 5*StoredSubtreeSize + 3, 4 << 20} {
+	for _, size := range []int{0, 1, LeafSize + 1, StoredSubtreeSize, StoredSubtreeSize + 1, 5*StoredSubtreeSize + 3, 4 << 20} {
 		data := randBytes(r, size)
 		c, l, err := CommitBytesLayers(data)
 		if err != nil {
 			t.Fatal(err)
 		}
 		b := layersBytes(t, l)
-		// 32 bytes per stored subtree holding data, plus a small header.
+		// 32 bytes per stored subtree holding data, as much again for the
+		// levels above, and a small header.
 		nodes := (size + StoredSubtreeSize - 1) / StoredSubtreeSize
-		if len(b) > 32*nodes+72 {
+		if len(b) > 64*nodes+layersHeaderLen {
 			t.Errorf("size %d: layers take %d bytes", size, len(b))
 		}
 		back, err := UnmarshalLayers(b)
@@ -311,30 +315,154 @@ func TestLayersEncoding(t *testing.T) {
 				t.Fatalf("size %d: truncated layers to %d bytes accepted", size, i)
 			}
 		}
-		// Any flipped bit is caught: by the root check, or by the framing.
+		if _, err := UnmarshalLayers(append(bytes.Clone(b), 0)); err == nil {
+			t.Fatalf("size %d: a trailing byte accepted", size)
+		}
+		hdr := len(b) - len(back.nodes)
+		top := len(b) - 64 // the two nodes under the root
+		if len(back.nodes) == 0 {
+			top = len(b)
+		}
 		for i := 0; i < len(b)*8; i += 1 + r.IntN(13) {
 			bad := bytes.Clone(b)
 			bad[i/8] ^= 1 << (i % 8)
-			if _, err := UnmarshalLayers(bad); err == nil {
-				t.Fatalf("size %d: bit %d flipped, layers accepted", size, i)
+			_, err := UnmarshalLayers(bad)
+			if caught := i/8 < hdr || i/8 >= top; caught && err == nil {
+				t.Fatalf("size %d: bit %d flipped (header %d bytes, top level from %d), layers accepted", size, i, hdr, top)
+			} else if !caught && err != nil {
+				t.Fatalf("size %d: bit %d of a lower level flipped: %v (QPL2 should not rehash)", size, i, err)
 			}
 		}
 	}
 }
 
-// TestLayersSizePerGiB checks the stored cost without hashing a GiB: the
-// stored level of a 1 GiB piece is one node per 64 KiB.
+// Layers stored as QPL1 before QPL2 existed still load: the levels above
+// the stored one are rebuilt and checked, so every damaged bit is refused,
+// and they re-encode as QPL2.
+func TestLayersDecodeQPL1(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	for _, size := range []int{0, 1, LeafSize + 1, StoredSubtreeSize, StoredSubtreeSize + 1, 5*StoredSubtreeSize + 3, 4 << 20} {
+		data := randBytes(r, size)
+		v1 := refLayersQPL1(data)
+		l, err := UnmarshalLayers(v1)
+		if err != nil || l.Commitment() != refCommit(data) {
+			t.Fatalf("size %d: QPL1 = %v, %v", size, l, err)
+		}
+		if got := layersBytes(t, l); !bytes.Equal(got, refLayersQPL2(data)) {
+			t.Fatalf("size %d: QPL1 layers re-encode to %d bytes, not the QPL2 reference", size, len(got))
+		}
+		if !bytes.Equal(marshalLayersV1(l), v1) { // the benchmark's QPL1 encoder
+			t.Fatalf("size %d: marshalLayersV1 differs from the reference", size)
+		}
+		for i := 0; i < len(data); i += 1 + r.IntN(2*StoredSubtreeSize) {
+			leaf := uint64(i / LeafSize)
+			d, path, err := l.ProveLeaf(bytes.NewReader(data), leaf)
+			if err != nil || !VerifyLeaf(l.Commitment(), leaf, d, path) {
+				t.Fatalf("size %d leaf %d: proving from QPL1 layers: %v", size, leaf, err)
+			}
+		}
+		for i := range v1 {
+			if _, err := UnmarshalLayers(v1[:i]); err == nil {
+				t.Fatalf("size %d: QPL1 truncated to %d bytes accepted", size, i)
+			}
+		}
+		for i := 0; i < len(v1)*8; i += 1 + r.IntN(13) {
+			bad := bytes.Clone(v1)
+			bad[i/8] ^= 1 << (i % 8)
+			if _, err := UnmarshalLayers(bad); err == nil {
+				t.Fatalf("size %d: QPL1 bit %d flipped, layers accepted", size, i)
+			}
+		}
+	}
+}
+
+// TestCorruptLayersFailToProve flips a bit in nodes of every kept level in
+// turn. QPL2 decodes without rehashing, so the damaged layers load (all but
+// the top level, which is hashed into the root on load); proving with them
+// never yields a proof the verifier accepts: a period whose paths take the
+// damaged node as a sibling fails Prove's path check with ErrCorrupt, and
+// the proof a prover without that check would have sent — the honest
+// proof with the piece paths above the stored level taken from the
+// damaged layers — fails Verify. (A node that is no challenge's sibling —
+// the last of a level, beside padding — is never read at all.)
+func TestCorruptLayersFailToProve(t *testing.T) {
+	r := rand.New(rand.NewPCG(13, 14))
+	f := newFixture()
+	data := randBytes(r, 37*StoredSubtreeSize+5*LeafSize+3) // height 12, 6 kept levels
+	c := f.st.put(t, data)
+	f.set.Add(c)
+	good := f.st.layers[c.Root]
+	l, _ := UnmarshalLayers(good)
+	hdr := len(good) - len(l.nodes)
+	const k = MaxChallenges // many challenges, so most nodes are on some path
+	for lv := l.base; lv < l.height; lv++ {
+		for _, i := range []uint64{0, l.levelNodes(lv) - 1, uint64(r.IntN(int(l.levelNodes(lv))))} {
+			if i^1 >= l.levelNodes(lv) {
+				continue // beside padding: no path uses it
+			}
+			bad := bytes.Clone(good)
+			pos := hdr + l.start[lv-l.base] + 32*int(i) + r.IntN(32)
+			bad[pos] ^= 1 << r.IntN(8)
+			damaged, err := UnmarshalLayers(bad)
+			if lv == l.height-1 { // the top level is checked on load
+				if !errors.Is(err, ErrCorrupt) {
+					t.Fatalf("level %d node %d damaged: load = %v", lv, i, err)
+				}
+				continue
+			}
+			if err != nil {
+				t.Fatalf("level %d node %d damaged: load = %v (QPL2 should not rehash)", lv, i, err)
+			}
+			f.st.layers[c.Root] = bad
+			// Seeds until one period's challenges use the damaged node.
+			for s := 0; ; s++ {
+				if s == 100 {
+					t.Fatalf("level %d node %d: no seed's challenges use it", lv, i)
+				}
+				seed := seedOf(900 + s)
+				idx, _ := Challenges(testSetID, seed, k, f.set.TotalLeaves())
+				used := false
+				for _, g := range idx {
+					used = used || (g>>lv)^1 == i
+				}
+				if !used {
+					continue
+				}
+				if p, err := f.set.Prove(testSetID, seed, k, f.st); !errors.Is(err, ErrCorrupt) {
+					t.Fatalf("level %d node %d damaged: Prove = %v, %v", lv, i, p != nil, err)
+				}
+				f.st.layers[c.Root] = good
+				p, err := f.set.Prove(testSetID, seed, k, f.st)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for j := range p.Challenges {
+					cp := &p.Challenges[j]
+					damaged.upperPath(cp.Leaf, cp.PiecePath)
+				}
+				if err := Verify(f.set.Root(), testSetID, seed, k, p); !errors.Is(err, ErrInvalidProof) {
+					t.Fatalf("level %d node %d damaged: unchecked proof: Verify = %v", lv, i, err)
+				}
+				break
+			}
+		}
+	}
+}
+
 func TestLayersZeroValue(t *testing.T) {
 	if _, err := new(Layers).MarshalBinary(); !errors.Is(err, ErrUsage) {
 		t.Fatalf("zero Layers: %v", err)
 	}
 }
 
+// TestLayersSizePerGiB checks the stored cost without hashing a GiB of
+// leaves: the stored level of a 1 GiB piece is one node per 64 KiB, and
+// the levels above it as many again.
 func TestLayersSizePerGiB(t *testing.T) {
 	base := make([]Hash, (1<<30)/StoredSubtreeSize)
-	l := newLayers(defaultShape, 1<<30, 20, defaultShape.storedLevel, base)
+	l := newLayers(defaultShape, 1<<30, base)
 	b := layersBytes(t, l)
-	if len(b) > 512<<10+72 {
+	if len(b) > 1<<20+layersHeaderLen {
 		t.Fatalf("layers of a 1 GiB piece take %d bytes", len(b))
 	}
 	t.Logf("layers of a 1 GiB piece: %d bytes stored", len(b))
@@ -364,7 +492,7 @@ func TestCommitterConstantMemory(t *testing.T) {
 	if allocated > limit {
 		t.Fatalf("streaming %d MiB allocated %d bytes (limit %d)", total>>20, allocated, limit)
 	}
-	t.Logf("streaming %d MiB allocated %d KiB; layers hold %d nodes", total>>20, allocated>>10, len(l.level[0]))
+	t.Logf("streaming %d MiB allocated %d KiB; layers hold %d nodes", total>>20, allocated>>10, l.levelNodes(l.base))
 }
 
 // nodeRecorder is a CommitterOptions.Nodes target that keeps what it is
@@ -410,8 +538,8 @@ func (w *nodeRecorder) WriteAt(p []byte, off int64) (int, error) {
 }
 
 // TestCommitterEmitsLayers: with CommitterOptions.Nodes, the nodes written
-// out, behind LayersHeader, are byte for byte the in-memory Layers'
-// MarshalBinary, with and without a deferred prefix, for every boundary
+// out are the stored level, from which MarshalLayers makes byte for byte
+// the in-memory Layers' MarshalBinary, with and without a deferred prefix, for every boundary
 // size and write split.
 func TestCommitterEmitsLayers(t *testing.T) {
 	r := rand.New(rand.NewPCG(41, 42))
@@ -444,15 +572,29 @@ func TestCommitterEmitsLayers(t *testing.T) {
 				if err != nil || l != nil {
 					t.Fatalf("size %d prefix %d: Finish = %v, layers %v", size, prefixLen, err, l)
 				}
-				hdr, err := LayersHeader(got)
+				enc, err := MarshalLayers(got, rec.b)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if got != want || !bytes.Equal(append(hdr, rec.b...), wantBytes) {
-					t.Fatalf("size %d prefix %d writes ≤ %d: emitted %v and %d node bytes, in memory %v and %d", size, prefixLen, maxWrite, got, len(rec.b), want, len(wantBytes)-len(hdr))
+				if got != want || !bytes.Equal(enc, wantBytes) {
+					t.Fatalf("size %d prefix %d writes ≤ %d: emitted %v and %d node bytes (%d encoded), in memory %v and %d", size, prefixLen, maxWrite, got, len(rec.b), len(enc), want, len(wantBytes))
 				}
-				if back, err := UnmarshalLayers(append(hdr, rec.b...)); err != nil || back.Commitment() != want {
+				if back, err := UnmarshalLayers(enc); err != nil || back.Commitment() != want {
 					t.Fatalf("size %d: emitted layers do not load: %v", size, err)
+				}
+				// Nodes that are not the piece's, or too few or many, are refused.
+				if len(rec.b) > 0 {
+					bad := bytes.Clone(rec.b)
+					bad[r.IntN(len(bad))] ^= 1
+					if _, err := MarshalLayers(got, bad); !errors.Is(err, ErrCorrupt) {
+						t.Fatalf("size %d: damaged stored nodes: %v", size, err)
+					}
+					if _, err := MarshalLayers(got, rec.b[:len(rec.b)-32]); !errors.Is(err, ErrUsage) {
+						t.Fatalf("size %d: one stored node short: %v", size, err)
+					}
+				}
+				if _, err := MarshalLayers(got, append(bytes.Clone(rec.b), make([]byte, 32)...)); !errors.Is(err, ErrUsage) {
+					t.Fatalf("size %d: one stored node too many: %v", size, err)
 				}
 			}
 		}

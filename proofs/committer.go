@@ -24,8 +24,9 @@ const zeroCopyMin = 8 * chunkSize
 //
 // Memory: a few chunk buffers, a frontier of O(log size) hashes for the
 // root, and — unless CommitterOptions.Nodes takes them — the stored level
-// (32 bytes per StoredSubtreeSize written), which Finish returns as Layers.
-// With Nodes set, memory does not grow with the piece.
+// (32 bytes per StoredSubtreeSize written), from which Finish folds the
+// levels above and returns them all as Layers (about twice that). With
+// Nodes set, memory does not grow with the piece.
 //
 // Goroutines: chunks are hashed by up to GOMAXPROCS worker goroutines, which
 // keep hashing buffered chunks between calls so that small writes still use
@@ -78,9 +79,9 @@ type CommitterOptions struct {
 	// written in increasing order, each once, except that with Deferred,
 	// node 0 (which covers the prefix) is written last, by
 	// FinishWithPrefix. Finish then returns nil Layers, and
-	// LayersHeader(commitment) followed by the nodes is exactly what
-	// Layers.MarshalBinary would have produced. A write error fails the
-	// Write or Finish that made it.
+	// MarshalLayers(commitment, nodes) is exactly what Layers.MarshalBinary
+	// would have produced. A write error fails the Write or Finish that
+	// made it.
 	Nodes io.WriterAt
 }
 
@@ -437,10 +438,10 @@ func (c *Committer) finish(prefix []byte) (Commitment, *Layers, error) {
 			if c.err != nil {
 				return Commitment{}, nil, c.err
 			}
-			l := newLayers(s, size, h, lb, out[:n])
+			l := newLayers(s, size, out[:n])
 			return l.c, nil, nil
 		}
-		l := newLayers(s, size, h, lb, out[:n])
+		l := newLayers(s, size, out[:n])
 		return l.c, l, nil
 	}
 	if len(c.buf) > 0 {
@@ -477,19 +478,9 @@ func (c *Committer) finish(prefix []byte) (Commitment, *Layers, error) {
 	if c.out != nil {
 		return com, nil, nil
 	}
-	l := newLayers(s, size, h, s.storedLevel, c.base)
+	l := newLayers(s, size, c.base)
 	c.base = nil
 	return com, l, nil
-}
-
-// LayersHeader returns the bytes that precede the stored-level nodes in the
-// Layers.MarshalBinary form of c's layers, for a caller that took the nodes
-// through CommitterOptions.Nodes.
-func LayersHeader(c Commitment) ([]byte, error) {
-	if c.Size > MaxPieceSize {
-		return nil, fmt.Errorf("%w: piece size %d", ErrTooLarge, c.Size)
-	}
-	return appendLayersHeader(nil, c, storedNodes(defaultShape, c.Size)), nil
 }
 
 // storedNodes is the number of stored-level nodes of a piece of size bytes.

@@ -43,12 +43,22 @@
 // stored level, so chunks need no coordination) and takes the resulting
 // stored-level nodes, one per 64 KiB of piece ([StoredSubtreeSize]), in
 // order. It folds them into an O(log n) frontier for the root and either
-// keeps them, for Finish to return as [Layers] (32 bytes per 64 KiB, i.e.
-// 512 KiB per GiB of piece on disk, twice that in memory with the levels
-// above rebuilt), or writes each to [CommitterOptions].Nodes as it completes
+// keeps them, for Finish to fold the levels above and return them all as
+// [Layers], or writes each to [CommitterOptions].Nodes as it completes
 // (node i at offset 32·i), so that the committer's memory does not grow with
-// the piece at all: a few chunk buffers and the frontier. [LayersHeader]
-// and the written nodes then make exactly [Layers.MarshalBinary]'s bytes.
+// the piece at all: a few chunk buffers and the frontier. [MarshalLayers]
+// then folds the written nodes into exactly [Layers.MarshalBinary]'s bytes.
+//
+// Stored layers (QPL2) are every level from the stored one up to the root,
+// nodes made only of padding left out: 32 bytes per 64 KiB and as much
+// again above, 1 MiB per GiB of piece. [UnmarshalLayers] loads them with
+// one copy and no hashing beyond the top node — the prover needs no
+// rebuild — and still loads QPL1, the stored level alone that earlier
+// pieces were sealed with, by rebuilding the levels above (≈ 16 k node
+// hashes per GiB). Layers need not be verified on load because they are
+// only hints for the prover: a proof is checked from the challenged leaf,
+// read from the piece, up to the committed root, so a damaged node can only
+// make a path that fails, never let a miner prove data it does not hold.
 //
 // The store writes a piece whose first bytes (a CARv1 header naming the root
 // CID) are known only at the end. [NewCommitterDeferred] (or
@@ -101,9 +111,10 @@
 // For each challenge the prover locates the slot and local leaf, reads the
 // one stored subtree (at most 64 KiB) holding the leaf, rehashes it — which
 // both yields the path's lower part and checks the stored bytes against the
-// stored layers, reporting [ErrCorrupt] rather than sending a proof that will
-// fail — and takes the rest of the path from the layers and the set's sum
-// tree. The K reads run concurrently, on goroutines that end before Prove
+// stored layers — takes the rest of the path from the layers, checks that
+// it reaches the piece root (one node hash per level), and takes the set
+// path from the set's sum tree. Rotten piece bytes and damaged layers are
+// thus reported as [ErrCorrupt] rather than sent as a proof that will fail. The K reads run concurrently, on goroutines that end before Prove
 // returns. A [Proof] holds, per challenge, the leaf bytes, the piece path and
 // the set path up to the proof-set root.
 //

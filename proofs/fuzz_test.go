@@ -5,10 +5,14 @@ package proofs
 //	go test ./proofs -run '^$' -fuzz FuzzUnmarshalProof -fuzztime 10s
 //	go test ./proofs -run '^$' -fuzz FuzzVerify -fuzztime 10s
 //	go test ./proofs -run '^$' -fuzz FuzzCommitter -fuzztime 10s
+//	go test ./proofs -run '^$' -fuzz FuzzUnmarshalLayers -fuzztime 10s
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 )
 
@@ -81,7 +85,7 @@ func FuzzCommitter(f *testing.F) {
 			t.Fatalf("%d bytes, prefix %d: %v, %v; reference %v", len(data), pl, got, err, want)
 		}
 		// The same stream with the nodes written out gives the same
-		// commitment and, behind LayersHeader, the in-memory layers.
+		// commitment and, through MarshalLayers, the in-memory layers.
 		rec := &nodeRecorder{t: t}
 		e, err := NewCommitterWith(CommitterOptions{Deferred: prefix != 0, PrefixLen: pl, Nodes: rec})
 		if err != nil {
@@ -94,9 +98,92 @@ func FuzzCommitter(f *testing.F) {
 			got, _, err = e.Finish()
 		}
 		_, wl, _ := CommitBytesLayers(data)
-		hdr, _ := LayersHeader(got)
-		if err != nil || got != want || !bytes.Equal(append(hdr, rec.b...), layersBytes(t, wl)) {
+		enc, merr := MarshalLayers(got, rec.b)
+		if err != nil || merr != nil || got != want || !bytes.Equal(enc, layersBytes(t, wl)) {
 			t.Fatalf("%d bytes, prefix %d: emitting committer %v, %v differs", len(data), pl, got, err)
 		}
 	})
+}
+
+// FuzzUnmarshalLayers: decoding stored layers (QPL2, or QPL1 with its
+// rebuild) never panics and allocates at most about twice the input;
+// QPL2 that decodes is canonical — it re-encodes to exactly the input —
+// and QPL1 re-encodes to QPL2 that decodes to the same piece; reading
+// paths from whatever decoded stays in bounds.
+func FuzzUnmarshalLayers(f *testing.F) {
+	r := rand.New(rand.NewPCG(5, 6))
+	for _, size := range []int{0, 1, LeafSize + 1, StoredSubtreeSize + 1, 3*StoredSubtreeSize + 7} {
+		data := randBytes(r, size)
+		f.Add(refLayersQPL2(data), false)
+		f.Add(refLayersQPL1(data), true)
+	}
+	f.Add([]byte("QPL2"), false)
+	f.Add([]byte("QPL1\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"), true)
+	f.Fuzz(func(t *testing.T, b []byte, fix bool) {
+		if fix {
+			// Let mutations past the header checksum, so that they reach
+			// the length and root checks.
+			b = fixLayersChecksum(b)
+		}
+		// Averaged over several decodes: the fuzzing engine's own
+		// goroutines allocate a few KB now and then.
+		const runs = 16
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for range runs - 1 {
+			UnmarshalLayers(b)
+		}
+		l, err := UnmarshalLayers(b)
+		runtime.ReadMemStats(&after)
+		per := (after.TotalAlloc - before.TotalAlloc) / runs
+		if limit := 2*uint64(len(b)) + 2048; per > limit {
+			t.Fatalf("%d input bytes: %d bytes allocated per decode (limit %d)", len(b), per, limit)
+		}
+		if err != nil {
+			return
+		}
+		enc, err := l.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.HasPrefix(b, []byte(layersMagic)) && !bytes.Equal(enc, b) {
+			t.Fatalf("decoded non-canonical layers:\n in  %x\n out %x", b, enc)
+		}
+		if back, err := UnmarshalLayers(enc); err != nil || back.Commitment() != l.Commitment() {
+			t.Fatalf("re-encoded layers: %v, %v", back, err)
+		}
+		path := make([]Hash, l.Commitment().Height())
+		for _, leaf := range []uint64{0, l.Commitment().Leaves() / 2, l.Commitment().Leaves() - 1} {
+			if leaf < l.Commitment().Leaves() {
+				l.upperPath(leaf, path)
+			}
+		}
+	})
+}
+
+// fixLayersChecksum returns b with its header checksum made valid, if it
+// has a header to check.
+func fixLayersChecksum(b []byte) []byte {
+	if len(b) < 4 || (string(b[:4]) != layersMagic && string(b[:4]) != layersMagicV1) {
+		return b
+	}
+	_, n := binary.Uvarint(b[4:])
+	end := 4 + n + 32
+	if n <= 0 || len(b) < end {
+		return b
+	}
+	if string(b[:4]) == layersMagicV1 {
+		_, m := binary.Uvarint(b[end:])
+		if m <= 0 {
+			return b
+		}
+		end += m
+	}
+	if len(b) < end+8 {
+		return b
+	}
+	b = bytes.Clone(b)
+	sum := sha256.Sum256(b[:end])
+	copy(b[end:], sum[:8])
+	return b
 }

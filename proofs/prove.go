@@ -28,7 +28,9 @@ const proveReaders = 16
 // Prove answers the k challenges that seed derives over s, the proof set
 // identified by setID (see Challenges). Each challenge reads one stored
 // subtree (at most StoredSubtreeSize bytes) of one piece; each challenged
-// piece is opened once. The reads, and the rehashing of what they read, run
+// piece is opened once. Every piece path is checked against the piece's
+// root before it goes into the proof: piece bytes that do not match the
+// layers, or layers that do not reach the root, fail Prove with ErrCorrupt. The reads, and the rehashing of what they read, run
 // on up to 16 goroutines at once — io.ReaderAt allows parallel ReadAt calls
 // — so a period costs about one disk latency rather than K; all of them end
 // before Prove returns.

@@ -58,15 +58,64 @@ func refPiecePath(levels [][]Hash, leaf int) []Hash {
 	return path
 }
 
-// refStoredLevel is the level Layers must serialise: the nodes at height
+// refStoredLevel is the lowest level Layers keep: the nodes at height
 // min(height, storedLevel) that cover at least one data leaf.
 func refStoredLevel(data []byte) []Hash {
+	return refKeptLevels(data)[0]
+}
+
+// refKeptLevels are the levels Layers keep: from height
+// min(height, storedLevel) up to the root (included here, for the
+// QPL1 form's sake), each cut to the nodes that cover at least one data
+// leaf.
+func refKeptLevels(data []byte) [][]Hash {
 	levels := refLevels(data)
 	h := len(levels) - 1
 	b := min(h, 16-leafShift)
 	dataLeaves := (len(data) + LeafSize - 1) / LeafSize
-	n := (dataLeaves + (1 << b) - 1) >> b
-	return levels[b][:n]
+	var kept [][]Hash
+	for lv := b; lv <= h; lv++ {
+		n := (dataLeaves + (1 << lv) - 1) >> lv
+		kept = append(kept, levels[lv][:n])
+	}
+	return kept
+}
+
+// refLayersQPL2 is the QPL2 encoding of data's layers, from its
+// definition: "QPL2", uvarint size, root, the first 8 bytes of the SHA-256
+// of those, then every kept level below the root, lowest first.
+func refLayersQPL2(data []byte) []byte {
+	c := refCommit(data)
+	b := []byte("QPL2")
+	b = binary.AppendUvarint(b, c.Size)
+	b = append(b, c.Root[:]...)
+	sum := sha256.Sum256(b)
+	b = append(b, sum[:8]...)
+	kept := refKeptLevels(data)
+	for _, level := range kept[:len(kept)-1] {
+		for _, n := range level {
+			b = append(b, n[:]...)
+		}
+	}
+	return b
+}
+
+// refLayersQPL1 is the QPL1 encoding, as pieces were stored before QPL2:
+// "QPL1", uvarint size, root, uvarint count, the first 8 bytes of the
+// SHA-256 of those, then the count nodes of the lowest kept level.
+func refLayersQPL1(data []byte) []byte {
+	c := refCommit(data)
+	stored := refStoredLevel(data)
+	b := []byte("QPL1")
+	b = binary.AppendUvarint(b, c.Size)
+	b = append(b, c.Root[:]...)
+	b = binary.AppendUvarint(b, uint64(len(stored)))
+	sum := sha256.Sum256(b)
+	b = append(b, sum[:8]...)
+	for _, n := range stored {
+		b = append(b, n[:]...)
+	}
+	return b
 }
 
 func refDataLeaves(size uint64) uint64 { return (size + LeafSize - 1) / LeafSize }

@@ -27,7 +27,7 @@
 //	k <piece id> <multihash>   → ∅                      (reverse entries, to drop a piece's locations)
 //	p <piece id>               → piece record (JSON)
 //	r <root cid>               → piece id              (sealed DAG pieces by root)
-//	l <piece id>               → proof layers (proofs.Layers binary form)
+//	l <piece id>               → proof layers (proofs.Layers binary form: QPL2, or QPL1 if sealed before it, rewritten as QPL2 when first proved)
 //	c <commitment bytes>       → piece id              (sealed DAG pieces by commitment, for the prover)
 //	n                          → next piece id
 //

@@ -14,6 +14,8 @@ import (
 	"github.com/ipfs/go-cid"
 	mh "github.com/multiformats/go-multihash"
 
+	"github.com/quarrynet/quarry/internal/dagio"
+	"github.com/quarrynet/quarry/internal/keystream"
 	"github.com/quarrynet/quarry/proofs"
 )
 
@@ -216,6 +218,48 @@ func TestProofSourceIndexAndCache(t *testing.T) {
 	}
 	if _, _, err := src.OpenPiece(0, coms[0]); !errors.Is(err, ErrNoPiece) {
 		t.Fatalf("deleted piece opened for proving (its layers were cached): %v", err)
+	}
+}
+
+// Both ways a seal produces layers — the streamed commitment, and the
+// rewrite of a piece whose root CID length was mis-hinted (or whose blocks
+// came out of canonical order) — store QPL2: exactly the encoding of the
+// layers of the piece's bytes, every level above the stored one included.
+func TestSealStoresQPL2(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	prof, err := dagio.ProfileByName("unixfs-v1-2025")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, tc := range []struct {
+		n       int64
+		rootLen int
+	}{{0, prof.RootLen()}, {5000, prof.RootLen()}, {3<<20 + 777, prof.RootLen()}, {3<<20 + 777, prof.RootLen() - 2}, {9 << 20, 100}} {
+		w, err := s.NewPieceWriter(tc.rootLen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		root, err := dagio.ImportFile(context.Background(), w, keystream.Reader(int64(i)*5, tc.n), prof)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := w.Seal(context.Background(), root.Cid())
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(s.pieceFile(p.ID, KindDAG))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, l, err := proofs.CommitBytesLayers(data)
+		if err != nil || c.String() != p.Commitment {
+			t.Fatalf("%d bytes (root hint %d): piece commitment %s, its bytes' %v (%v)", tc.n, tc.rootLen, p.Commitment, c, err)
+		}
+		want, _ := l.MarshalBinary()
+		got := mustLayers(t, s, p.ID)
+		if !bytes.HasPrefix(got, []byte("QPL2")) || !bytes.Equal(got, want) {
+			t.Fatalf("%d bytes (root hint %d): stored layers %.4q…, %d bytes; want the QPL2 encoding, %d bytes", tc.n, tc.rootLen, got, len(got), len(want))
+		}
 	}
 }
 

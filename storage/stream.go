@@ -112,14 +112,17 @@ func (l *layerBuf) WriteAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-// layers returns the stored form (proofs.Layers.MarshalBinary) of the
-// layers of c, whose nodes l holds.
+// layers returns the stored form (proofs.Layers.MarshalBinary, QPL2) of
+// the layers of c, whose stored level l holds: every level from the
+// stored one up, so that the prover loads them with no hashing. Folding
+// the levels above costs one node hash per 64 KiB of piece, once per
+// piece, and checks that the nodes reach c's root.
 func (l *layerBuf) layers(c proofs.Commitment) ([]byte, error) {
-	h, err := proofs.LayersHeader(c)
+	b, err := proofs.MarshalLayers(c, l.b)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("storage: proof layers: %w", err)
 	}
-	return append(h, l.b...), nil
+	return b, nil
 }
 
 // finishCommit completes the commitment of the streamed piece behind its
