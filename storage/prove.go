@@ -1,12 +1,12 @@
 package storage
 
 import (
-	"container/list"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"sync"
+	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -24,51 +24,44 @@ const prefixCommitment = 'c'
 
 func commitmentKey(bin []byte) []byte { return append([]byte{prefixCommitment}, bin...) }
 
-// DefaultProofCacheBytes bounds the decoded layers a ProofSource keeps:
-// about 1 MiB per GiB of piece, so 64 MiB covers the layers of 64 GiB of
-// pieces.
+// DefaultProofCacheBytes was the default bound of the decoded layers a
+// ProofSource kept.
+//
+// Deprecated: a ProofSource keeps no layers (see ProofSource); the value
+// is ignored.
 const DefaultProofCacheBytes = 64 << 20
 
 // ProofSource is a proofs.PieceSource over a store: a piece is found by its
 // commitment through the commitment index and read from its file, with the
-// proof layers stored when it was sealed. Decoding a piece's layers (a
-// Pebble read of 512 KiB per GiB of piece and ≈ 16 k hashes to rebuild and
-// check the levels above the stored one) happens once per piece: decoded
-// layers are kept, least recently used first out, up to the source's byte
-// bound. Keep one ProofSource for the miner's lifetime and prove each
-// period with set.Prove(id, seed, k, src). It is safe for concurrent use.
+// proof layers stored when it was sealed.
+//
+// Layers are read from the index on every OpenPiece and kept only for that
+// proof: sealed as QPL2, they are every level the prover needs, so loading
+// them is one Pebble read (1 MiB per GiB of piece), one copy and no
+// hashing (see proofs.UnmarshalLayers) — a fraction of a millisecond per
+// GiB, against the ≈ 2.5–4 ms of hashing that rebuilding QPL1 layers took
+// and that an LRU of decoded layers (about 1 MiB of heap per GiB stored)
+// used to hide. What stays warm is Pebble's block cache and the kernel's
+// page cache, which are bounded and shared. Layers sealed before QPL2
+// (QPL1, the stored level alone) are rebuilt once, on the first
+// OpenPiece, and rewritten as QPL2.
+//
+// Keep one ProofSource for the miner's lifetime and prove each period with
+// set.Prove(id, seed, k, src). It is safe for concurrent use.
 type ProofSource struct {
-	s     *Store
-	limit int
-
-	mu struct {
-		sync.Mutex
-		byID  map[uint64]*list.Element // of *cachedLayers
-		lru   list.List                // front: most recently used
-		bytes int
-		// decodes counts layer decodes (cache misses), for tests.
-		decodes int
-	}
+	s *Store
+	// upgraded counts QPL1 layers rewritten as QPL2, for tests.
+	upgraded atomic.Int64
 }
 
-type cachedLayers struct {
-	id     uint64
-	layers *proofs.Layers
-	cost   int
-}
+// ProofSource returns a proof source over s.
+func (s *Store) ProofSource() *ProofSource { return &ProofSource{s: s} }
 
-// ProofSource returns a proof source over s with DefaultProofCacheBytes of
-// layer cache.
-func (s *Store) ProofSource() *ProofSource { return s.NewProofSource(DefaultProofCacheBytes) }
-
-// NewProofSource returns a proof source over s that keeps at most
-// cacheBytes of decoded layers (0: none, every piece is decoded each time
-// it is opened).
-func (s *Store) NewProofSource(cacheBytes int) *ProofSource {
-	ps := &ProofSource{s: s, limit: max(cacheBytes, 0)}
-	ps.mu.byID = make(map[uint64]*list.Element)
-	return ps
-}
+// NewProofSource returns a proof source over s.
+//
+// Deprecated: layers are no longer cached, so there is nothing to bound;
+// cacheBytes is ignored. Use Store.ProofSource.
+func (s *Store) NewProofSource(cacheBytes int) *ProofSource { return s.ProofSource() }
 
 var _ proofs.PieceSource = (*ProofSource)(nil)
 
@@ -89,29 +82,18 @@ func (ps *ProofSource) OpenPiece(_ uint64, c proofs.Commitment) (io.ReaderAt, *p
 	return f, layers, nil
 }
 
-// layers returns piece id's decoded layers, from the cache or from Pebble.
-// The lock is not held across the read and the decode; two callers missing
-// on one piece at once both decode it, and the second insert is dropped.
+// layers reads and decodes piece id's stored layers, upgrading QPL1 ones.
 func (ps *ProofSource) layers(id uint64, c proofs.Commitment) (*proofs.Layers, error) {
-	ps.mu.Lock()
-	if e, ok := ps.mu.byID[id]; ok {
-		ps.mu.lru.MoveToFront(e)
-		l := e.Value.(*cachedLayers).layers
-		ps.mu.Unlock()
-		return l, nil
-	}
-	ps.mu.decodes++
-	ps.mu.Unlock()
-
-	v, closer, err := ps.s.db.Get(idKey(prefixLayers, id))
+	key := idKey(prefixLayers, id)
+	v, closer, err := ps.s.db.Get(key)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, fmt.Errorf("%w: piece %d has no proof layers", ErrNoPiece, id)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("storage: %w", err)
 	}
-	l, err := proofs.UnmarshalLayers(v) // copies what it keeps
-	cost := 2*len(v) + 256              // the stored level and the levels rebuilt above it
+	l, err := proofs.UnmarshalLayers(v) // copies what it keeps: v lives until Close
+	old := bytes.HasPrefix(v, []byte(layersV1))
 	closer.Close()
 	if err != nil {
 		return nil, fmt.Errorf("storage: piece %d: %w", id, err)
@@ -119,20 +101,36 @@ func (ps *ProofSource) layers(id uint64, c proofs.Commitment) (*proofs.Layers, e
 	if l.Commitment() != c {
 		return nil, fmt.Errorf("storage: piece %d: %w: layers of %v indexed under %v", id, proofs.ErrCorrupt, l.Commitment(), c)
 	}
-
-	ps.mu.Lock()
-	defer ps.mu.Unlock()
-	if _, ok := ps.mu.byID[id]; ok || cost > ps.limit {
-		return l, nil
-	}
-	ps.mu.byID[id] = ps.mu.lru.PushFront(&cachedLayers{id: id, layers: l, cost: cost})
-	ps.mu.bytes += cost
-	for ps.mu.bytes > ps.limit {
-		old := ps.mu.lru.Remove(ps.mu.lru.Back()).(*cachedLayers)
-		delete(ps.mu.byID, old.id)
-		ps.mu.bytes -= old.cost
+	if old {
+		ps.upgrade(key, l)
 	}
 	return l, nil
+}
+
+// layersV1 is the magic of layers sealed before QPL2.
+const layersV1 = "QPL1"
+
+// upgrade rewrites QPL1 layers, just rebuilt and checked against their
+// root, as QPL2, so that later periods load them without hashing. Under
+// sealMu, as delete's batch, and only while the piece still has layers, so
+// that it cannot resurrect the layers of a piece deleted meanwhile (ids are
+// never reused). Not synced: a crash only costs another rebuild. Failing
+// only costs the next period the same rebuild.
+func (ps *ProofSource) upgrade(key []byte, l *proofs.Layers) {
+	b, err := l.MarshalBinary()
+	if err != nil {
+		return
+	}
+	ps.s.sealMu.Lock()
+	defer ps.s.sealMu.Unlock()
+	_, closer, err := ps.s.db.Get(key)
+	if err != nil {
+		return
+	}
+	closer.Close()
+	if ps.s.db.Set(key, b, pebble.NoSync) == nil {
+		ps.upgraded.Add(1)
+	}
 }
 
 // pieceByCommitment returns the id of the sealed piece committed to by c.

@@ -3,6 +3,8 @@ package storage
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"os"
 	"runtime"
@@ -125,9 +127,9 @@ func committerWorkers() int {
 }
 
 // The prover finds pieces through the commitment index, which seal writes
-// and delete removes in their batches, and decodes each piece's layers once
-// while they fit its cache.
-func TestProofSourceIndexAndCache(t *testing.T) {
+// and delete removes in their batches, and reads each piece's layers from
+// the index when it opens it, so nothing it held outlives a delete.
+func TestProofSourceIndex(t *testing.T) {
 	s := openTest(t, t.TempDir())
 	set := proofs.NewProofSet()
 	var pieces []*Piece
@@ -146,54 +148,13 @@ func TestProofSourceIndexAndCache(t *testing.T) {
 			closer.Close()
 		}
 	}
-	miner := []byte("12D3KooWcache-test")
-	prove := func(src *ProofSource, seed byte) {
-		t.Helper()
-		proof, err := set.Prove(miner, [32]byte{seed}, proofs.DefaultChallenges, src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := proofs.Verify(set.Root(), miner, [32]byte{seed}, proofs.DefaultChallenges, proof); err != nil {
-			t.Fatal(err)
-		}
-	}
-	decodes := func(src *ProofSource) int {
-		src.mu.Lock()
-		defer src.mu.Unlock()
-		return src.mu.decodes
-	}
-
-	// 16 challenges over three pieces of 1–3 MiB hit all three almost
-	// surely; however many, the second period decodes nothing.
+	miner := []byte("12D3KooWindex-test")
 	src := s.ProofSource()
-	prove(src, 1)
-	first := decodes(src)
-	if first == 0 || first > 3 {
-		t.Fatalf("first period decoded %d pieces' layers", first)
+	for seed := byte(1); seed < 4; seed++ {
+		proveAndVerify(t, set, miner, seed, src)
 	}
-	for seed := byte(2); seed < 6; seed++ {
-		prove(src, seed)
-	}
-	if n := decodes(src); n > 3 {
-		t.Fatalf("five periods over three pieces decoded layers %d times", n)
-	}
-	// No cache: every period decodes what it opens.
-	none := s.NewProofSource(0)
-	prove(none, 1)
-	prove(none, 1)
-	if n := decodes(none); n != 2*first {
-		t.Fatalf("uncached source decoded %d times over two periods, want %d", n, 2*first)
-	}
-	// A bound that holds one piece's layers keeps the cache under it.
-	small := s.NewProofSource(2*len(mustLayers(t, s, pieces[1].ID)) + 256)
-	for seed := byte(1); seed < 6; seed++ {
-		prove(small, seed)
-	}
-	small.mu.Lock()
-	if small.mu.bytes > small.limit || small.mu.lru.Len() != 1 {
-		t.Errorf("bounded cache holds %d bytes in %d entries (limit %d)", small.mu.bytes, small.mu.lru.Len(), small.limit)
-	}
-	small.mu.Unlock()
+	// The deprecated constructor still gives a working source.
+	proveAndVerify(t, set, miner, 4, s.NewProofSource(DefaultProofCacheBytes))
 
 	// A piece indexed before the index existed is found by a scan, once.
 	if err := s.db.Delete(commitmentKey(pieces[2].CommitmentBin), s.writeOpts); err != nil {
@@ -208,7 +169,11 @@ func TestProofSourceIndexAndCache(t *testing.T) {
 		closer.Close()
 	}
 
-	// Delete drops the entry with the piece.
+	// Delete drops the entry with the piece; a source that proved the
+	// piece before cannot open it after.
+	if _, _, err := src.OpenPiece(0, coms[0]); err != nil {
+		t.Fatal(err)
+	}
 	root := mustCID(t, pieces[0])
 	if err := s.Delete(context.Background(), root); err != nil {
 		t.Fatal(err)
@@ -217,7 +182,18 @@ func TestProofSourceIndexAndCache(t *testing.T) {
 		t.Fatalf("commitment index entry after delete: %v", err)
 	}
 	if _, _, err := src.OpenPiece(0, coms[0]); !errors.Is(err, ErrNoPiece) {
-		t.Fatalf("deleted piece opened for proving (its layers were cached): %v", err)
+		t.Fatalf("deleted piece opened for proving: %v", err)
+	}
+}
+
+func proveAndVerify(t *testing.T, set *proofs.ProofSet, miner []byte, seed byte, src proofs.PieceSource) {
+	t.Helper()
+	proof, err := set.Prove(miner, [32]byte{seed}, proofs.DefaultChallenges, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := proofs.Verify(set.Root(), miner, [32]byte{seed}, proofs.DefaultChallenges, proof); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -260,6 +236,152 @@ func TestSealStoresQPL2(t *testing.T) {
 		if !bytes.HasPrefix(got, []byte("QPL2")) || !bytes.Equal(got, want) {
 			t.Fatalf("%d bytes (root hint %d): stored layers %.4q…, %d bytes; want the QPL2 encoding, %d bytes", tc.n, tc.rootLen, got, len(got), len(want))
 		}
+	}
+}
+
+// A store sealed before QPL2 keeps proving: QPL1 layers (the stored level
+// alone) are rebuilt on the first OpenPiece and rewritten as QPL2, once —
+// byte for byte what a seal now stores — and never for a piece deleted
+// meanwhile.
+func TestProofSourceUpgradesQPL1(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	set := proofs.NewProofSet()
+	var pieces []*Piece
+	var sealed [][]byte
+	for i, n := range []int64{2 << 20, 1<<20 + 3} {
+		p := addFile(t, s, int64(i)*23, n, "unixfs-v1-2025")
+		c, _ := proofs.ParseCommitment(p.Commitment)
+		set.Add(c)
+		pieces, sealed = append(pieces, p), append(sealed, mustLayers(t, s, p.ID))
+		if err := s.db.Set(idKey(prefixLayers, p.ID), qpl1(t, s, p), s.writeOpts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	miner := []byte("12D3KooWupgrade-test")
+	src := s.ProofSource()
+	for seed := byte(1); seed < 6; seed++ {
+		proveAndVerify(t, set, miner, seed, src)
+	}
+	// 80 challenges over two pieces of 2 and 1 MiB open both.
+	if n := src.upgraded.Load(); n != 2 {
+		t.Fatalf("%d pieces' layers upgraded, want 2 (once each)", n)
+	}
+	for i, p := range pieces {
+		if got := mustLayers(t, s, p.ID); !bytes.Equal(got, sealed[i]) {
+			t.Fatalf("piece %d: upgraded layers differ from what a seal stores (%.4q…)", p.ID, got)
+		}
+	}
+	proveAndVerify(t, set, miner, 9, s.ProofSource())
+
+	// An upgrade racing a delete does not bring the layers back.
+	old := qpl1(t, s, pieces[1])
+	l, err := proofs.UnmarshalLayers(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(context.Background(), mustCID(t, pieces[1])); err != nil {
+		t.Fatal(err)
+	}
+	src.upgrade(idKey(prefixLayers, pieces[1].ID), l)
+	if _, err := s.Layers(pieces[1].ID); !errors.Is(err, ErrNoPiece) {
+		t.Fatalf("layers of a deleted piece after an upgrade: %v", err)
+	}
+}
+
+// qpl1 returns p's layers in the form pieces were sealed with before QPL2,
+// written here from the format rather than by the code under test:
+// "QPL1", uvarint size, root, uvarint node count, the first 8 bytes of the
+// SHA-256 of those, then the stored level (one node per 64 KiB) of the
+// piece file, recommitted.
+func qpl1(t *testing.T, s *Store, p *Piece) []byte {
+	t.Helper()
+	data, err := os.ReadFile(s.pieceFile(p.ID, KindDAG))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nodes layerBuf
+	cm, err := proofs.NewCommitterWith(proofs.CommitterOptions{Nodes: &nodes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm.Write(data)
+	c, _, err := cm.Finish()
+	if err != nil || c.String() != p.Commitment {
+		t.Fatalf("recommitting piece %d: %v, %v", p.ID, c, err)
+	}
+	b := []byte("QPL1")
+	b = binary.AppendUvarint(b, c.Size)
+	b = append(b, c.Root[:]...)
+	b = binary.AppendUvarint(b, uint64(len(nodes.b)/32))
+	sum := sha256.Sum256(b)
+	b = append(b, sum[:8]...)
+	return append(b, nodes.b...)
+}
+
+// qpl2Node returns the offset in a piece's QPL2 layers of node i of the
+// level at height lv, from the format: the header ("QPL2", uvarint size,
+// root, 8-byte checksum), then each level from min(height, 6) up to the
+// root, excluded, of ⌈leaves / 2^level⌉ nodes.
+func qpl2Node(size uint64, lv int, i uint64) int {
+	leaves := (size + proofs.LeafSize - 1) / proofs.LeafSize
+	h := proofs.Commitment{Size: size}.Height()
+	off := 4 + len(binary.AppendUvarint(nil, size)) + 32 + 8
+	for k := min(h, 6); k < lv; k++ {
+		off += 32 * int((leaves+1<<k-1)>>k)
+	}
+	return off + 32*int(i)
+}
+
+// Damaged layers in the index never yield a proof that fails: QPL2 layers
+// are not rehashed on load, so a damaged node below the top level loads,
+// and a period whose paths use it fails Prove with ErrCorrupt (the prover
+// checks each path against the root); every other period proves and
+// verifies. A damaged top level is refused on load.
+func TestStoreDamagedLayers(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	p := addFile(t, s, 71, 3<<20, "unixfs-v1-2025")
+	c, _ := proofs.ParseCommitment(p.Commitment)
+	set := proofs.NewProofSet()
+	set.Add(c)
+	key := idKey(prefixLayers, p.ID)
+	good := mustLayers(t, s, p.ID)
+	h := c.Height() // 12: levels 6..11 kept
+
+	// Node 0 at height h-2 is the sibling on the path of every leaf in the
+	// second quarter of the piece: most periods of 16 challenges use it.
+	bad := bytes.Clone(good)
+	bad[qpl2Node(c.Size, h-2, 0)+5] ^= 0x10
+	if err := s.db.Set(key, bad, s.writeOpts); err != nil {
+		t.Fatal(err)
+	}
+	miner := []byte("12D3KooWdamaged-layers")
+	src := s.ProofSource()
+	failed := 0
+	for seed := byte(0); seed < 16; seed++ {
+		proof, err := set.Prove(miner, [32]byte{seed}, proofs.DefaultChallenges, src)
+		if err != nil {
+			if !errors.Is(err, proofs.ErrCorrupt) {
+				t.Fatalf("seed %d: %v, want ErrCorrupt", seed, err)
+			}
+			failed++
+			continue
+		}
+		if err := proofs.Verify(set.Root(), miner, [32]byte{seed}, proofs.DefaultChallenges, proof); err != nil {
+			t.Fatalf("seed %d: Prove returned a proof that fails: %v", seed, err)
+		}
+	}
+	// P(a period misses a quarter of the piece) = 0.75^16 ≈ 1%.
+	if failed < 8 {
+		t.Fatalf("the damaged node failed only %d of 16 periods", failed)
+	}
+
+	bad = bytes.Clone(good)
+	bad[len(bad)-1] ^= 1 // the top level, hashed into the root on load
+	if err := s.db.Set(key, bad, s.writeOpts); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := src.OpenPiece(0, c); !errors.Is(err, proofs.ErrCorrupt) {
+		t.Fatalf("damaged top level: %v", err)
 	}
 }
 
