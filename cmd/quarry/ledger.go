@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -449,15 +450,7 @@ func newChainCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return rpcError("status", err)
 			}
-			if asJSON {
-				return writeJSON(g.stdout, map[string]any{
-					"chain_id": s.GetChainId(), "height": s.GetHead().GetHeight(), "head_hash": hex.EncodeToString(s.GetHeadHash()),
-					"epoch": s.GetHead().GetEpoch(), "replica": s.GetRaftId(), "leader": s.GetLeaderId(), "applied_index": s.GetAppliedIndex(),
-				})
-			}
-			fmt.Fprintf(g.stdout, "chain %s height %d epoch %d head %s\n", s.GetChainId(), s.GetHead().GetHeight(), s.GetHead().GetEpoch(), hex.EncodeToString(s.GetHeadHash()))
-			fmt.Fprintf(g.stdout, "replica %d sees leader %d, applied index %d, %d replicas\n", s.GetRaftId(), s.GetLeaderId(), s.GetAppliedIndex(), len(s.GetReplicas()))
-			return nil
+			return printStatus(g.stdout, s, asJSON)
 		},
 	}
 	st.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -481,6 +474,63 @@ func newChainCmd(g *globals) *cobra.Command {
 	blocks.Flags().BoolVar(&blocksJSON, "json", false, "print one JSON object per block")
 	cmd.AddCommand(st, blocks)
 	return cmd
+}
+
+// printStatus prints a replica's Status: the head, its view of the
+// cluster, the history it holds, and any state-hash disputes (a suspect
+// replica serves no state reads until the replicas' verdict).
+func printStatus(w io.Writer, s *ledgerv1.StatusResponse, asJSON bool) error {
+	if asJSON {
+		disputes := []map[string]any{}
+		for _, d := range s.GetDisputes() {
+			votes := map[string]string{}
+			for _, v := range d.GetVotes() {
+				votes[strconv.FormatUint(v.GetRaftId(), 10)] = hex.EncodeToString(v.GetStateHash())
+			}
+			disputes = append(disputes, map[string]any{
+				"height": d.GetHeight(), "header_state_hash": hex.EncodeToString(d.GetHeaderStateHash()),
+				"proposer": d.GetProposerRaftId(), "votes": votes, "decided": len(d.GetVerdict()) > 0,
+				"verdict": hex.EncodeToString(d.GetVerdict()), "header_upheld": len(d.GetVerdict()) > 0 && bytes.Equal(d.GetVerdict(), d.GetHeaderStateHash()),
+			})
+		}
+		out := map[string]any{
+			"chain_id": s.GetChainId(), "height": s.GetHead().GetHeight(), "head_hash": hex.EncodeToString(s.GetHeadHash()),
+			"epoch": s.GetHead().GetEpoch(), "replica": s.GetRaftId(), "leader": s.GetLeaderId(), "applied_index": s.GetAppliedIndex(),
+			"replicas": len(s.GetReplicas()), "first_block_height": s.GetFirstBlockHeight(), "disputes": disputes,
+		}
+		if sp := s.GetSuspect(); sp != nil {
+			out["suspect"] = map[string]any{
+				"height": sp.GetHeight(), "state_hash": hex.EncodeToString(sp.GetStateHash()),
+				"header_state_hash": hex.EncodeToString(sp.GetHeaderStateHash()),
+			}
+		}
+		return writeJSON(w, out)
+	}
+	fmt.Fprintf(w, "chain %s height %d epoch %d head %s\n", s.GetChainId(), s.GetHead().GetHeight(), s.GetHead().GetEpoch(), hex.EncodeToString(s.GetHeadHash()))
+	fmt.Fprintf(w, "replica %d sees leader %d, applied index %d, %d replicas\n", s.GetRaftId(), s.GetLeaderId(), s.GetAppliedIndex(), len(s.GetReplicas()))
+	if f := s.GetFirstBlockHeight(); f > 1 {
+		fmt.Fprintf(w, "history from height %d (joined from a snapshot; older blocks are on other replicas)\n", f)
+	}
+	if sp := s.GetSuspect(); sp != nil {
+		fmt.Fprintf(w, "SUSPECT: this replica computed state %s after block %d, the header says %s; it serves no state reads until the replicas decide\n",
+			shortHash(sp.GetStateHash()), sp.GetHeight(), shortHash(sp.GetHeaderStateHash()))
+	}
+	for _, d := range s.GetDisputes() {
+		switch v := d.GetVerdict(); {
+		case len(v) == 0:
+			fmt.Fprintf(w, "dispute at height %d: open, %d votes (header %s, proposed by replica %d)\n", d.GetHeight(), len(d.GetVotes()), shortHash(d.GetHeaderStateHash()), d.GetProposerRaftId())
+		case bytes.Equal(v, d.GetHeaderStateHash()):
+			fmt.Fprintf(w, "dispute at height %d: header %s upheld; the replicas that disagreed halted\n", d.GetHeight(), shortHash(v))
+		default:
+			fmt.Fprintf(w, "dispute at height %d: header %s overruled by %s; its proposer, replica %d, halted\n", d.GetHeight(), shortHash(d.GetHeaderStateHash()), shortHash(v), d.GetProposerRaftId())
+		}
+	}
+	return nil
+}
+
+// shortHash is the first 8 bytes of a hash in hex.
+func shortHash(h []byte) string {
+	return hex.EncodeToString(h[:min(len(h), 8)])
 }
 
 // followBlocks prints blocks from a height. Without follow it stops at the
