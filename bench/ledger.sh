@@ -144,11 +144,11 @@ for r in $RATES; do
 	done
 	awk -v c="$total_cpu" -v g="$total_sig" -v lu="$lu" -v ls="$ls" -v d="$step_s" -v n="$(nproc)" -v b="$lead_blocks" 'BEGIN {
 		if (b > 0) printf "#     a block every %.1f ms of the step (its wall time / blocks applied)\n", d / b * 1000
-		printf "#     CPU over the step: replicas %.1f s (of which signature checks %.1f s, %.0f%%), ledgerload %.1f s (signing and submitting), of %.1f core-seconds (%d cores x %.1f s)\n", c, g, (c > 0) ? g / c * 100 : 0, lu + ls, n * d, n, d
+		printf "#     CPU over the step: replicas %.1f s (signature checks took %.1f s of wall time summed over their parallel goroutines, %.0f%% of that CPU), ledgerload %.1f s (signing and submitting), of %.1f core-seconds (%d cores x %.1f s)\n", c, g, (c > 0) ? g / c * 100 : 0, lu + ls, n * d, n, d
 	}'
 done
 echo "#   sigs/tx: uncached ed25519 checks per applied tx on that replica (each replica checks each tx once: at submit if it was"
-echo "#   submitted there, else at apply); sig_us: time of one (quarry_ledger_sig_verify_seconds); persist_ms: raft Ready"
+echo "#   submitted there, else at apply); sig_us: wall time of one, queueing for a core included (quarry_ledger_sig_verify_seconds); persist_ms: raft Ready"
 echo "#   persistence (quarry_consensus_ready_persist_seconds, one Pebble batch, synced syncs/block times); apply_ms excludes it."
 echo "#   The commit path syncs twice in sequence (leader appends, then a follower appends before acking): ~2 x ${fsync_ms:-?} ms, plus half a block interval waiting for the block to be cut."
 
