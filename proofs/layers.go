@@ -251,7 +251,11 @@ func readLayersHeader(b []byte) (uint64, Hash, []byte, error) {
 	if len(b) < 32 {
 		return 0, Hash{}, nil, fmt.Errorf("%w: layers: short", ErrMalformed)
 	}
-	return size, Hash(b[:32]), b[32:], nil
+	root := Hash(b[:32])
+	if root == (Hash{}) { // no piece has it; the zero value's mark
+		return 0, Hash{}, nil, fmt.Errorf("%w: layers: zero root", ErrMalformed)
+	}
+	return size, root, b[32:], nil
 }
 
 // checkHeaderSum checks the 8-byte checksum at the start of rest against
