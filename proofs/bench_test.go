@@ -200,6 +200,34 @@ func BenchmarkProve(b *testing.B) {
 	}
 }
 
+// BenchmarkProveDecoding is BenchmarkProve with the layers decoded from
+// their stored QPL2 bytes on every open, as the store's source does, over
+// sets of 1 and 16 slots holding the 1 GiB piece: with 16, a period's 16
+// challenges open ≈ 10 distinct slots, each decoded once.
+func BenchmarkProveDecoding(b *testing.B) {
+	data, c, l := gibPiece(b)
+	enc, _ := l.MarshalBinary()
+	src := PieceSourceFunc(func(uint64, Commitment) (io.ReaderAt, *Layers, error) {
+		l, err := UnmarshalLayers(enc)
+		return data, l, err
+	})
+	for _, pieces := range []int{1, 16} {
+		b.Run(fmt.Sprintf("pieces=%d", pieces), func(b *testing.B) {
+			s := NewProofSet()
+			for range pieces {
+				s.Add(c)
+			}
+			var seed [32]byte
+			for i := 0; b.Loop(); i++ {
+				seed[0], seed[1] = byte(i), byte(i>>8)
+				if _, err := s.Prove(testSetID, seed, DefaultChallenges, src); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 // BenchmarkUnmarshalLayers loads the layers of a 1 GiB piece: QPL2 as
 // sealed now (1 MiB: header checks, one copy, one node hash) and QPL1 as
 // sealed before (512 KiB of stored level, ≈ 16 k node hashes to rebuild

@@ -114,9 +114,12 @@
 // stored layers — takes the rest of the path from the layers, checks that
 // it reaches the piece root (one node hash per level), and takes the set
 // path from the set's sum tree. Rotten piece bytes and damaged layers are
-// thus reported as [ErrCorrupt] rather than sent as a proof that will fail. The K reads run concurrently, on goroutines that end before Prove
-// returns. A [Proof] holds, per challenge, the leaf bytes, the piece path and
-// the set path up to the proof-set root.
+// thus reported as [ErrCorrupt] rather than sent as a proof that will fail.
+// The opens of the challenged pieces (each once) and the K reads run
+// concurrently, on goroutines that end before Prove returns, so a
+// [PieceSource] must be safe for concurrent use. A [Proof] holds, per
+// challenge, the leaf bytes, the piece path and the set path up to the
+// proof-set root.
 //
 // [Verify] takes the proof-set root, the set's identifier, the seed, K and a
 // proof, rederives the challenges and checks each path: O(K·(log piece + log set)) hashes, with

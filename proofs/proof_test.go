@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -378,6 +379,66 @@ func TestProveLeavesNoGoroutines(t *testing.T) {
 			if err := Verify(f.set.Root(), testSetID, seedOf(k), k, p); err != nil {
 				t.Fatal(err)
 			}
+		}
+	})
+}
+
+// gatedSource holds every OpenPiece until a second one is in flight, and
+// counts opens per slot.
+type gatedSource struct {
+	st   *testStore
+	mu   sync.Mutex
+	n    int
+	per  map[uint64]int
+	gate chan struct{}
+}
+
+func (g *gatedSource) OpenPiece(slot uint64, c Commitment) (io.ReaderAt, *Layers, error) {
+	g.mu.Lock()
+	g.n++
+	g.per[slot]++
+	if g.n == 2 {
+		close(g.gate)
+	}
+	g.mu.Unlock()
+	<-g.gate
+	return g.st.OpenPiece(slot, c)
+}
+
+// TestProveOpensConcurrently: Prove opens the challenged pieces in
+// parallel (a period over many pieces waits for about one layers load, not
+// one per piece), each once. The source holds the first open until a
+// second arrives, so a prover opening one piece after another deadlocks,
+// which synctest reports.
+func TestProveOpensConcurrently(t *testing.T) {
+	f := newFixture()
+	f.addLayout(t, rand.New(rand.NewPCG(29, 30)), []int{100 << 10, 100 << 10, 100 << 10, 100 << 10})
+	seed := seedOf(5)
+	idx, _ := Challenges(testSetID, seed, DefaultChallenges, f.set.TotalLeaves())
+	slots := map[uint64]bool{}
+	for _, g := range idx {
+		slot, _, _ := f.set.Locate(g)
+		slots[slot] = true
+	}
+	if len(slots) < 2 {
+		t.Fatalf("the challenges hit %d slots: the test needs two", len(slots))
+	}
+	synctest.Test(t, func(t *testing.T) {
+		src := &gatedSource{st: f.st, per: map[uint64]int{}, gate: make(chan struct{})}
+		p, err := f.set.Prove(testSetID, seed, DefaultChallenges, src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := Verify(f.set.Root(), testSetID, seed, DefaultChallenges, p); err != nil {
+			t.Fatal(err)
+		}
+		for slot := range slots {
+			if src.per[slot] != 1 {
+				t.Errorf("slot %d opened %d times", slot, src.per[slot])
+			}
+		}
+		if len(src.per) != len(slots) {
+			t.Errorf("opened %d slots, challenged %d", len(src.per), len(slots))
 		}
 	})
 }

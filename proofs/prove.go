@@ -8,6 +8,8 @@ import (
 )
 
 // PieceSource gives the prover a piece's bytes and its stored layers.
+// Prove opens each challenged slot once, from several goroutines at once
+// (see Prove), so an implementation must be safe for concurrent use.
 type PieceSource interface {
 	// OpenPiece returns a reader over the bytes of piece c, which sits in
 	// slot, from offset 0, and the Layers recorded when it was committed.
@@ -30,23 +32,30 @@ const proveReaders = 16
 // subtree (at most StoredSubtreeSize bytes) of one piece; each challenged
 // piece is opened once. Every piece path is checked against the piece's
 // root before it goes into the proof: piece bytes that do not match the
-// layers, or layers that do not reach the root, fail Prove with ErrCorrupt. The reads, and the rehashing of what they read, run
-// on up to 16 goroutines at once — io.ReaderAt allows parallel ReadAt calls
-// — so a period costs about one disk latency rather than K; all of them end
-// before Prove returns.
+// layers, or layers that do not reach the root, fail Prove with ErrCorrupt.
+//
+// The opens, the reads and the rehashing of what they read run on up to
+// 16 goroutines at once — a piece is opened by the first challenge that
+// needs it, and io.ReaderAt allows parallel ReadAt calls — so a period
+// costs about one disk latency, and one layers load, rather than K; all of
+// them end before Prove returns.
 func (s *ProofSet) Prove(setID []byte, seed [32]byte, k int, src PieceSource) (*Proof, error) {
 	total := s.TotalLeaves()
 	idx, err := Challenges(setID, seed, k, total)
 	if err != nil {
 		return nil, err
 	}
+	// opened is one challenged piece, opened once by whichever challenge
+	// gets to it first.
 	type opened struct {
-		r io.ReaderAt
-		l *Layers
+		once sync.Once
+		r    io.ReaderAt
+		l    *Layers
+		err  error
 	}
-	open := make(map[uint64]opened)
+	open := make(map[uint64]*opened)
 	type task struct {
-		o     opened
+		o     *opened
 		local uint64
 	}
 	tasks := make([]task, k)
@@ -60,14 +69,7 @@ func (s *ProofSet) Prove(setID []byte, seed [32]byte, k int, src PieceSource) (*
 		c := s.pieces[slot]
 		o, ok := open[slot]
 		if !ok {
-			r, l, err := src.OpenPiece(slot, c)
-			if err != nil {
-				return nil, fmt.Errorf("proofs: opening piece %v in slot %d: %w", c, slot, err)
-			}
-			if l == nil || l.Commitment() != c {
-				return nil, fmt.Errorf("%w: layers for slot %d belong to another piece", ErrCorrupt, slot)
-			}
-			o = opened{r, l}
+			o = new(opened)
 			open[slot] = o
 		}
 		cp := &p.Challenges[j]
@@ -80,6 +82,22 @@ func (s *ProofSet) Prove(setID []byte, seed [32]byte, k int, src PieceSource) (*
 	errs := make([]error, k)
 	prove := func(j int, lh *leafHasher, buf []byte) {
 		t, cp := &tasks[j], &p.Challenges[j]
+		c := s.pieces[cp.Slot]
+		t.o.once.Do(func() {
+			r, l, err := src.OpenPiece(cp.Slot, c)
+			switch {
+			case err != nil:
+				t.o.err = fmt.Errorf("proofs: opening piece %v in slot %d: %w", c, cp.Slot, err)
+			case l == nil || l.Commitment() != c:
+				t.o.err = fmt.Errorf("%w: layers for slot %d belong to another piece", ErrCorrupt, cp.Slot)
+			default:
+				t.o.r, t.o.l = r, l
+			}
+		})
+		if t.o.err != nil {
+			errs[j] = t.o.err
+			return
+		}
 		if err := t.o.l.proveLeaf(t.o.r, t.local, lh, buf, cp.Data, cp.PiecePath); err != nil {
 			errs[j] = fmt.Errorf("proofs: slot %d leaf %d: %w", cp.Slot, t.local, err)
 		}
