@@ -117,9 +117,7 @@ func BenchmarkExport(b *testing.B) {
 // so its pages start uncached; "pagecache" has read the whole file first.
 // Both find the layers in Pebble's memtable, as right after a seal;
 // "pagecache/flushed" flushes it first, so they come from an sstable, as
-// they do in a miner running for longer than a memtable lasts (a 1 MiB
-// block is larger than a shard of Pebble's default block cache, so each
-// Get reads it from the file through the kernel's page cache).
+// they do in a miner running for longer than a memtable lasts.
 func BenchmarkProveThroughStore(b *testing.B) {
 	s, err := Open(Config{Dir: b.TempDir(), NoSync: true})
 	if err != nil {
