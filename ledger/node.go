@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -247,6 +249,11 @@ func New(cfg Config) (_ *Node, err error) {
 	}
 	n.pebbleLog = pebbleLogger{log: n.log, fatal: n.halt.trigger}
 	n.db, err = pebble.Open(cfg.Dir, &pebble.Options{Logger: n.pebbleLog})
+	if errno := (syscall.Errno)(0); errors.As(err, &errno) && !errors.As(err, new(*fs.PathError)) &&
+		(errno == syscall.EAGAIN || errno == syscall.EACCES) {
+		// fcntl on Pebble's LOCK refused: another process has the data dir.
+		return nil, fmt.Errorf("ledger: %s is in use: another ledgerd has this replica's data open; stop it first (%w)", cfg.Dir, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("ledger: open %s: %w", cfg.Dir, err)
 	}

@@ -17,6 +17,8 @@ import (
 	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/ipfs/go-cid"
 	mh "github.com/multiformats/go-multihash"
+
+	"github.com/quarrynet/quarry/internal/dirlock"
 )
 
 // Errors returned by the store. Callers test them with errors.Is.
@@ -29,6 +31,7 @@ var (
 	ErrClosed       = errors.New("storage: store is closed")
 	ErrTooLarge     = errors.New("storage: piece too large")
 	ErrWeakCID      = errors.New("storage: CID's hash is not accepted (weak function or truncated digest)")
+	ErrInUse        = dirlock.ErrInUse // the directory is open in another Store or process
 )
 
 // Config configures a Store.
@@ -64,6 +67,7 @@ type Store struct {
 	db        *pebble.DB
 	pieceDir  string
 	writeOpts *pebble.WriteOptions
+	lock      *os.File // flock'd <dir>/lock: one Store per directory
 
 	mu struct {
 		sync.Mutex
@@ -129,6 +133,14 @@ func Open(cfg Config) (*Store, error) {
 	if err := os.MkdirAll(s.pieceDir, 0o755); err != nil {
 		return nil, fmt.Errorf("storage: %w", err)
 	}
+	// The lock comes before anything else: recovery removes piece files
+	// that are not indexed, which in a store open elsewhere are imports
+	// still being written.
+	lock, err := dirlock.Lock(cfg.Dir, "another quarry command or daemon")
+	if err != nil {
+		return nil, fmt.Errorf("storage: %w", err)
+	}
+	s.lock = lock
 	opts := &pebble.Options{
 		MemTableSize: 32 << 20,
 		Logger:       quietPebbleLogger{cfg.Logger},
@@ -139,6 +151,7 @@ func Open(cfg Config) (*Store, error) {
 	opts.EnsureDefaults()
 	db, err := pebble.Open(filepath.Join(cfg.Dir, "index"), opts)
 	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("storage: open index: %w", err)
 	}
 	s.db = db
@@ -151,10 +164,12 @@ func Open(cfg Config) (*Store, error) {
 	s.mu.deleted = make(map[uint64]bool)
 	if err := s.loadNextID(); err != nil {
 		db.Close()
+		lock.Close()
 		return nil, err
 	}
 	if err := s.recover(); err != nil {
 		db.Close()
+		lock.Close()
 		return nil, err
 	}
 	return s, nil
@@ -181,6 +196,7 @@ func (s *Store) Close() error {
 		s.dropMapLocked(id)
 	}
 	errs = append(errs, s.db.Close())
+	errs = append(errs, s.lock.Close()) // releases the flock
 	return errors.Join(errs...)
 }
 

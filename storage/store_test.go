@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -275,6 +277,89 @@ func TestSameRootTwiceKeepsOnePiece(t *testing.T) {
 	b := addFile(t, s, 5, 1<<20+3, "kubo-v1")
 	if a.ID != b.ID || len(pieceFiles(t, s)) != 1 {
 		t.Fatalf("same DAG stored twice: %d, %d, files %v", a.ID, b.ID, pieceFiles(t, s))
+	}
+}
+
+// Stored tells a writer whose Seal stored its piece from one whose Seal
+// returned a piece another writer had stored under the same root, so that
+// only the first may take it back (quarry add --car does on failure).
+func TestStoredOnlyForTheWriterThatStoredThePiece(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	ctx := context.Background()
+	p, _ := dagio.ProfileByName("kubo-v1")
+	// Two writers import the same bytes concurrently, as two adds of one
+	// file in a daemon would; both seal after both imports finished.
+	var ws [2]*PieceWriter
+	var root cid.Cid
+	for i := range ws {
+		w, err := s.NewPieceWriter(p.RootLen())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w.Stored() {
+			t.Fatal("Stored before Seal")
+		}
+		n, err := dagio.ImportFile(ctx, w, keystream.Reader(9, 1<<20+1), p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws[i], root = w, n.Cid()
+	}
+	a, err := ws[0].Seal(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ws[1].Seal(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ws[0].Stored() || ws[1].Stored() || a.ID != b.ID {
+		t.Fatalf("Stored: first %v, second %v (pieces %d, %d); want true, false, one piece",
+			ws[0].Stored(), ws[1].Stored(), a.ID, b.ID)
+	}
+	if files := pieceFiles(t, s); len(files) != 1 {
+		t.Fatalf("piece files %v, want one", files)
+	}
+}
+
+// A second Open of a store that is open fails with ErrInUse and changes
+// nothing: in particular it does not run crash recovery, which would remove
+// the first one's piece file still being written.
+func TestSecondOpenIsRefusedAndChangesNothing(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir)
+	ctx := context.Background()
+	p, _ := dagio.ProfileByName("unixfs-v1-2025")
+	w, err := s.NewPieceWriter(p.RootLen())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := dagio.ImportFile(ctx, w, keystream.Reader(3, 3<<20), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := pieceFiles(t, s)
+	if len(before) != 1 {
+		t.Fatalf("piece files while writing: %v, want the one being written", before)
+	}
+	s2, err := Open(Config{Dir: dir})
+	if err == nil {
+		s2.Close()
+		t.Fatal("second Open of an open store succeeded")
+	}
+	if !errors.Is(err, ErrInUse) || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("second Open: %v; want ErrInUse naming %s", err, dir)
+	}
+	if after := pieceFiles(t, s); !slices.Equal(after, before) {
+		t.Fatalf("second Open changed the piece files: %v -> %v", before, after)
+	}
+	piece, err := w.Seal(ctx, n.Cid())
+	if err != nil {
+		t.Fatalf("seal after a refused second Open: %v", err)
+	}
+	got, err := catAll(t, s, mustCID(t, piece))
+	if err != nil || !bytes.Equal(got, mustReadAll(t, keystream.Reader(3, 3<<20))) {
+		t.Fatalf("read back after a refused second Open: err %v, %d bytes", err, len(got))
 	}
 }
 
@@ -690,4 +775,13 @@ func TestPieceBlockLimit(t *testing.T) {
 	if !errors.Is(last, ErrTooLarge) {
 		t.Fatalf("11th block of a 10-block limit: %v", last)
 	}
+}
+
+func mustReadAll(t *testing.T, r io.Reader) []byte {
+	t.Helper()
+	b, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -78,6 +78,14 @@ func TestMembershipCommands(t *testing.T) {
 	}
 	send(c.clients[0])
 
+	// A second ledgerd on a running replica's directory is refused before
+	// it touches the data, and the replica goes on.
+	inUse, err := ledgerd("run", "--dir", c.procs[0].dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "")
+	if err == nil || !strings.Contains(inUse, "is in use: another ledgerd has this replica's data open") {
+		t.Fatalf("second ledgerd on replica 1's dir: %v\n%s\nwant a refusal saying the data is in use", err, inUse)
+	}
+	send(c.clients[0])
+
 	newKey, _ := identity.Generate()
 	addr := freeAddrs(t, 1)[0]
 	addArgs := []string{"add-replica", "--genesis", c.genPath, "--raft-id", "4", "--peer-id", newKey.PeerID().String(), "--address", addr}
