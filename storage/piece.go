@@ -42,6 +42,7 @@ type PieceWriter struct {
 	err      error
 	closed   bool // no more Adds; Seal or Abort has begun
 	finished bool // sealed or aborted: the file is no longer ours to remove
+	stored   bool // Seal indexed this writer's piece (not one already there)
 }
 
 type entry struct {
@@ -332,9 +333,16 @@ func (w *PieceWriter) seal(ctx context.Context, root cid.Cid) (*Piece, error) {
 		os.Remove(final)
 		return nil, fmt.Errorf("storage: index piece: %w", err)
 	}
+	w.stored = true
 	w.s.fail(FailpointIndexedNotAcked) // the piece is complete and visible
 	return piece, nil
 }
+
+// Stored reports whether Seal stored this writer's piece; false before a
+// successful Seal and when Seal returned a piece the store already held
+// under that root (stored by an earlier or concurrent writer, which the
+// caller then must not delete as its own).
+func (w *PieceWriter) Stored() bool { return w.stored }
 
 // canonicalOrder returns the entry indexes in canonical order (post-order
 // DFS from root, links in order, each block once), checking that every

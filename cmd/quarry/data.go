@@ -35,7 +35,7 @@ default unixfs-v1-2025) and store it as one piece. The root CID is the same
 IPFS Kubo gives under that profile. The piece is durable when add returns.
 The root CID is printed last; -Q prints only the root CID.`,
 		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
+		RunE: func(cmd *cobra.Command, args []string) (err error) {
 			p, err := dagio.ProfileByName(profile)
 			if err != nil {
 				return err
@@ -62,11 +62,16 @@ The root CID is printed last; -Q prints only the root CID.`,
 				}
 				defer car.Abort()
 			}
-			s, err := g.createStore()
+			s, discard, err := g.createStore()
 			if err != nil {
 				return err
 			}
-			defer s.Close()
+			defer func() {
+				s.Close()
+				if err != nil {
+					discard()
+				}
+			}()
 			m := g.progress("adding", false, func() int64 { return treeSize(path, st) })
 			defer m.finish()
 			var progress func(int64)
@@ -86,8 +91,6 @@ The root CID is printed last; -Q prints only the root CID.`,
 				w.Abort()
 				return fmt.Errorf("add %s: %w", path, err)
 			}
-			_, err = s.PieceByRoot(root.Cid())
-			existed := !errors.Is(err, storage.ErrNoPiece) // when unsure, never delete
 			piece, err := w.Seal(cmd.Context(), root.Cid())
 			if err != nil {
 				return fmt.Errorf("add %s: %w", path, err)
@@ -96,8 +99,9 @@ The root CID is printed last; -Q prints only the root CID.`,
 			if car != nil {
 				if err := writePiece(cmd.Context(), s, root.Cid(), car); err != nil {
 					// The add fails as a whole: a DAG this add stored goes
-					// again (one that was there before stays).
-					if !existed {
+					// again (one that was there before, or that another
+					// writer stored meanwhile, stays).
+					if w.Stored() {
 						if derr := s.Delete(context.WithoutCancel(cmd.Context()), root.Cid()); derr != nil {
 							return fmt.Errorf("write the piece to %s: %w (and %s stays stored: %v)", carOut, err, root.Cid(), derr)
 						}
@@ -379,7 +383,7 @@ func newImportCmd(g *globals) *cobra.Command {
 for completeness, and store it as one piece. A truncated or corrupt CAR, a
 block that does not match its CID, or a missing block leaves the repo as it was.`,
 		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
+		RunE: func(cmd *cobra.Command, args []string) (err error) {
 			f, err := os.Open(args[0])
 			if err != nil {
 				return fmt.Errorf("cannot import %s: %w", args[0], errors.Unwrap(err))
@@ -398,11 +402,16 @@ block that does not match its CID, or a missing block leaves the repo as it was.
 			if err != nil {
 				return fmt.Errorf("import %s: %w", args[0], err)
 			}
-			s, err := g.createStore()
+			s, discard, err := g.createStore()
 			if err != nil {
 				return err
 			}
-			defer s.Close()
+			defer func() {
+				s.Close()
+				if err != nil {
+					discard()
+				}
+			}()
 			piece, err := importCAR(cmd.Context(), s, br)
 			if err != nil {
 				return fmt.Errorf("import %s: %w", args[0], err)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -77,6 +78,9 @@ func snapshot(t *testing.T, repo string) repoState {
 		}
 		if p == index {
 			return filepath.SkipDir // the next piece id moves on a failed import; that is fine
+		}
+		if p == filepath.Join(repo, "store", "lock") {
+			return nil // holds the process ID of the last command that opened the store
 		}
 		rel, _ := filepath.Rel(repo, p)
 		if d.IsDir() {
@@ -332,6 +336,72 @@ func TestBadInputLeavesRepoUnchanged(t *testing.T) {
 	if b, _ := os.ReadFile(existing); !bytes.Equal(b, car) {
 		t.Error("export --force did not write the piece")
 	}
+}
+
+// A write command that fails against a repo that does not exist yet
+// leaves no repo behind: the first add or import creates it only if it
+// succeeds.
+func TestFailedFirstWriteCreatesNoRepo(t *testing.T) {
+	tmp := t.TempDir()
+	src := filepath.Join(tmp, "f.bin")
+	writeKS(t, src, 0, 3<<20)
+	good := filepath.Join(tmp, "good.car")
+	mustRun(t, t.TempDir(), "add", "-Q", "--car", good, src)
+	car, _ := os.ReadFile(good)
+	bad := filepath.Join(tmp, "corrupt.car")
+	corrupt := bytes.Clone(car)
+	corrupt[len(corrupt)-1000] ^= 0xff
+	os.WriteFile(bad, corrupt, 0o644)
+	fifo := filepath.Join(tmp, "pipe")
+	startFIFO(t, fifo, 100)
+	unreadable := filepath.Join(tmp, "d")
+	os.MkdirAll(unreadable, 0o755)
+	writeKS(t, filepath.Join(unreadable, "a"), 1, 1000)
+	os.Mkdir(filepath.Join(unreadable, "sub"), 0o000)
+	canRead := false
+	if f, err := os.Open(filepath.Join(unreadable, "sub")); err == nil { // root reads everything
+		f.Close()
+		canRead = true
+	}
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"import", bad}, "does not match its CID"},
+		{[]string{"import", writeTrunc(t, tmp, car)}, "truncated"},
+		{[]string{"add", "--car", fifo, src}, "broken pipe"},
+	}
+	if !canRead {
+		cases = append(cases, struct {
+			args []string
+			want string
+		}{[]string{"add", "-r", unreadable}, "permission denied"})
+	}
+	for i, tc := range cases {
+		repo := filepath.Join(tmp, fmt.Sprintf("repo%d", i))
+		_, stderr, code := runQ(t, append([]string{"--repo", repo}, tc.args...)...)
+		if code == 0 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("quarry %v: exit %d, %q; want a failure mentioning %q", tc.args, code, stderr, tc.want)
+		}
+		if _, err := os.Lstat(repo); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("quarry %v failed but left the repo %s (%v)", tc.args, repo, err)
+		}
+	}
+	// The same add that succeeds creates the repo.
+	repo := filepath.Join(tmp, "ok")
+	root := strings.TrimSpace(mustRun(t, repo, "add", "-Q", src))
+	if got := mustRun(t, repo, "cat", root); len(got) != 3<<20 {
+		t.Fatalf("cat after the first add: %d bytes", len(got))
+	}
+}
+
+func writeTrunc(t *testing.T, dir string, car []byte) string {
+	t.Helper()
+	p := filepath.Join(dir, "trunc.car")
+	if err := os.WriteFile(p, car[:len(car)-100], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // startFIFO makes a FIFO at path whose reader takes n bytes and then closes

@@ -23,13 +23,41 @@ import (
 var errEmptyRepo = errors.New("the repo holds no data yet")
 
 // createStore opens the repo's piece store, creating the repo if needed:
-// for the commands that write (add, import).
-func (g *globals) createStore() (*storage.Store, error) {
+// for the commands that write (add, import). If this call created the repo,
+// discard (called after the store is closed, when the command failed)
+// removes it again as long as it holds nothing but an empty store, so that
+// a failed first add or import leaves no repo behind; otherwise discard
+// does nothing.
+func (g *globals) createStore() (s *storage.Store, discard func(), err error) {
 	dir, err := g.repoDir()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return openStoreIn(dir)
+	_, statErr := os.Lstat(dir)
+	created := errors.Is(statErr, fs.ErrNotExist)
+	if s, err = openStoreIn(dir); err != nil {
+		if created {
+			removeIfEmptyRepo(dir)
+		}
+		return nil, nil, err
+	}
+	return s, func() {
+		if created {
+			removeIfEmptyRepo(dir)
+		}
+	}, nil
+}
+
+// removeIfEmptyRepo removes dir if it holds only a store with no pieces.
+func removeIfEmptyRepo(dir string) {
+	ents, err := os.ReadDir(dir)
+	if err != nil || len(ents) > 1 || (len(ents) == 1 && ents[0].Name() != "store") {
+		return
+	}
+	if pieces, err := os.ReadDir(filepath.Join(dir, "store", "pieces")); err != nil && !errors.Is(err, fs.ErrNotExist) || len(pieces) > 0 {
+		return
+	}
+	os.RemoveAll(dir)
 }
 
 // openExistingStore opens the piece store of a repo that exists, for
