@@ -24,7 +24,7 @@ import (
 )
 
 func newAddCmd(g *globals) *cobra.Command {
-	var quiet, recursive, hidden bool
+	var quiet, recursive, hidden, force bool
 	emptyDirs := true
 	var profile, carOut string
 	cmd := &cobra.Command{
@@ -57,7 +57,14 @@ The root CID is printed last; -Q prints only the root CID.`,
 				if err := checkCAROut(carOut, path, st); err != nil {
 					return err
 				}
-				if car, err = atomicfile.Create(carOut); err != nil {
+				create := atomicfile.CreateNew
+				if force {
+					create = atomicfile.Create
+				}
+				if car, err = create(carOut); err != nil {
+					if errors.Is(err, fs.ErrExist) {
+						return fmt.Errorf("--car %s exists (use --force to replace it)", carOut)
+					}
 					return fmt.Errorf("cannot write the piece to %s: %v", carOut, pathErrText(err))
 				}
 				defer car.Abort()
@@ -124,6 +131,7 @@ The root CID is printed last; -Q prints only the root CID.`,
 	cmd.Flags().BoolVarP(&emptyDirs, "empty-dirs", "E", true, "keep empty directories (--empty-dirs=false leaves them out)")
 	cmd.Flags().StringVar(&profile, "profile", dagio.DefaultProfile, "import profile: kubo, kubo-v1, unixfs-v1-2025")
 	cmd.Flags().StringVar(&carOut, "car", "", "also write the piece (CARv1) to this file")
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "replace an existing --car FILE")
 	return cmd
 }
 

@@ -296,6 +296,7 @@ func TestBadInputLeavesRepoUnchanged(t *testing.T) {
 		{[]string{"export", absent}, absent + " is not in this repo"},
 		{[]string{"export", absent, "-o", filepath.Join(tmp, "absent.car")}, absent + " is not in this repo"},
 		{[]string{"export", root, "-o", existing}, "exists (use --force to replace it)"},
+		{[]string{"add", "--car", existing, fresh}, "--car " + existing + " exists (use --force to replace it)"},
 		{[]string{"get", absent}, absent + " is not in this repo"},
 		{[]string{"get", root, "-o", existing}, "already exists"},
 		{[]string{"ls", absent}, absent + " is not in this repo"},
@@ -335,6 +336,11 @@ func TestBadInputLeavesRepoUnchanged(t *testing.T) {
 	mustRun(t, other, "export", root, "-o", existing, "--force")
 	if b, _ := os.ReadFile(existing); !bytes.Equal(b, car) {
 		t.Error("export --force did not write the piece")
+	}
+	os.WriteFile(existing, []byte("replace me"), 0o644)
+	mustRun(t, other, "add", "-Q", "--car", existing, "--force", src)
+	if b, _ := os.ReadFile(existing); !bytes.Equal(b, car) {
+		t.Error("add --car --force did not write the piece")
 	}
 }
 
