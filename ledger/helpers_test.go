@@ -90,6 +90,7 @@ type clusterOpts struct {
 	noCheck         bool // skip the per-block invariant check (benchmarks)
 	modules         func() []market.Module
 	http            bool
+	callTimeout     time.Duration // Config.CallTimeout
 }
 
 type replica struct {
@@ -184,6 +185,7 @@ func (c *cluster) start(id uint64) {
 		Join: r.join, Peers: r.peers, Admins: []peer.ID{c.admin.PeerID()},
 		Logger: newTestLogger(c.t), TickInterval: testTick, SnapshotEntries: c.opts.snapshotEntries,
 		DrainTimeout: time.Second, Modules: modules, Dialer: c.net.dialer(id),
+		CallTimeout: c.opts.callTimeout,
 	})
 	if err != nil {
 		c.t.Fatalf("replica %d: New: %v", id, err)

@@ -97,6 +97,10 @@ type Config struct {
 	// DrainTimeout bounds the gRPC drain on shutdown (daemon default when
 	// zero).
 	DrainTimeout time.Duration
+	// CallTimeout bounds a unary call (SubmitTx waiting for inclusion
+	// included): a client deadline further away, or none, gets this one.
+	// Zero means daemon.DefaultCallTimeout.
+	CallTimeout time.Duration
 	// Dialer, if set, opens this replica's connections to the other
 	// replicas (raft transport, forwarded txs): to go through a proxy, or,
 	// in tests, through a network that can be partitioned. Default: TCP.
@@ -140,6 +144,8 @@ func (c *Config) Validate() error {
 		return bad("TickInterval %v is negative", c.TickInterval)
 	case c.MempoolSize < 0:
 		return bad("MempoolSize %d is negative", c.MempoolSize)
+	case c.CallTimeout < 0:
+		return bad("CallTimeout %v is negative", c.CallTimeout)
 	}
 	if err := (market.Config{Genesis: c.Genesis, Modules: c.Modules}).Validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
@@ -355,7 +361,7 @@ func New(cfg Config) (_ *Node, err error) {
 		Resolve:       n.resolveRole,
 		DrainTimeout:  cfg.DrainTimeout,
 		ServerOptions: transport.ServerOptions(),
-		Deadlines:     daemon.Deadlines{Stream: daemon.NoDeadline},
+		Deadlines:     daemon.Deadlines{Unary: cfg.CallTimeout, Stream: daemon.NoDeadline},
 	})
 	if err != nil {
 		return nil, err

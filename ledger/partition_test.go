@@ -109,3 +109,42 @@ func TestPartitionedLeader(t *testing.T) {
 	}
 	c.agree()
 }
+
+// Config.CallTimeout bounds a unary call whose client set no deadline: a
+// leader cut off from its followers accepts a transfer it cannot commit,
+// and SubmitTx waiting for its inclusion ends with DeadlineExceeded at the
+// server's limit instead of hanging. (If the leader has already stepped
+// down when the submit arrives, the answer is Unavailable at once; the
+// attempt is repeated with the next leader.)
+func TestCallTimeoutEndsAWaitThatCannotFinish(t *testing.T) {
+	const limit = 500 * time.Millisecond
+	c := newCluster(t, clusterOpts{replicas: 3, callTimeout: limit})
+	for attempt := range 5 {
+		old := c.leader()
+		var others []uint64
+		for id := uint64(1); id <= 3; id++ {
+			if id != old {
+				others = append(others, id)
+			}
+		}
+		c.net.partition([]uint64{old}, others)
+		start := time.Now()
+		// The client sets no deadline: only the server's limit ends the wait.
+		_, err := c.api(old).SubmitTx(context.Background(), &ledgerv1.SubmitTxRequest{
+			SignedTx: c.transfer(attempt, 1, 7, 1), Wait: true, // a fresh sender each attempt
+		})
+		took := time.Since(start)
+		c.net.heal()
+		switch status.Code(err) {
+		case codes.DeadlineExceeded:
+			if took < limit || took > 20*limit {
+				t.Fatalf("waiting submit ended after %v; want about the %v call limit", took, limit)
+			}
+			return
+		case codes.Unavailable: // no longer the leader when the submit came
+		default:
+			t.Fatalf("waiting submit on a leader cut off from its followers: %v; want DeadlineExceeded", err)
+		}
+	}
+	t.Fatal("in 5 attempts the leader had always stepped down before the submit reached it")
+}

@@ -248,12 +248,12 @@ func (o *runOptions) config(fs *pflag.FlagSet, lookup func(string) (string, bool
 	if !fs.Changed("http-addr") {
 		o.flags.HTTPAddr = rc.HTTPAddr
 	}
-	// ledger.Config has no setting for these yet: the replica's server
-	// keeps the daemon defaults. Refuse a value rather than ignore it.
-	for _, name := range []string{"call-timeout", "max-msg-size"} {
-		if fs.Changed(name) {
-			return ledger.Config{}, daemon.InvalidFlag(fs, name, errors.New("ledgerd cannot apply this setting yet; its server uses the default"))
-		}
+	// The replica's one gRPC server also carries the raft transport, whose
+	// envelopes need a receive limit of transport.MaxMessageBytes and more,
+	// so a smaller limit for the API cannot be set on it. Refuse a value
+	// rather than ignore it.
+	if fs.Changed("max-msg-size") {
+		return ledger.Config{}, daemon.InvalidFlag(fs, "max-msg-size", errors.New("ledgerd cannot apply this setting: its gRPC server also carries raft messages, which need their own limit"))
 	}
 	dc, err := o.flags.Config(fs, stderr)
 	if err != nil {
@@ -266,7 +266,7 @@ func (o *runOptions) config(fs *pflag.FlagSet, lookup func(string) (string, bool
 	cfg := ledger.Config{
 		Dir: filepath.Join(o.dir, "data"), Genesis: gen, Key: key, RaftID: rc.RaftID,
 		GRPCAddr: dc.GRPCAddr, HTTPAddr: dc.HTTPAddr, Join: rc.Join, Logger: dc.Logger,
-		Admins: o.flags.Admins, DrainTimeout: dc.DrainTimeout, Registry: reg,
+		Admins: o.flags.Admins, DrainTimeout: dc.DrainTimeout, CallTimeout: dc.Deadlines.Unary, Registry: reg,
 	}
 	for _, p := range o.peers {
 		r, err := ledgerdial.ParseReplica(p)

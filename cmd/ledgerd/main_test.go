@@ -69,26 +69,28 @@ func TestRunSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.GRPCAddr != "127.0.0.1:7931" || cfg.HTTPAddr != "127.0.0.1:7932" || cfg.DrainTimeout != daemon.DefaultDrainTimeout || len(cfg.Admins) != 0 || cfg.RaftID != 1 {
-		t.Fatalf("defaults: grpc %q http %q drain %v admins %v raft id %d", cfg.GRPCAddr, cfg.HTTPAddr, cfg.DrainTimeout, cfg.Admins, cfg.RaftID)
+	if cfg.GRPCAddr != "127.0.0.1:7931" || cfg.HTTPAddr != "127.0.0.1:7932" || cfg.DrainTimeout != daemon.DefaultDrainTimeout || len(cfg.Admins) != 0 || cfg.RaftID != 1 ||
+		cfg.CallTimeout != daemon.DefaultCallTimeout {
+		t.Fatalf("defaults: grpc %q http %q drain %v admins %v raft id %d call timeout %v", cfg.GRPCAddr, cfg.HTTPAddr, cfg.DrainTimeout, cfg.Admins, cfg.RaftID, cfg.CallTimeout)
 	}
 	// The environment beats init's record and the defaults.
 	env := map[string]string{
 		"QUARRY_GRPC_ADDR": "127.0.0.1:7941", "QUARRY_HTTP_ADDR": "127.0.0.1:7942", "QUARRY_DRAIN_TIMEOUT": "3s",
-		"QUARRY_ADMIN": admins[0] + "," + admins[1], "QUARRY_LOG_LEVEL": "debug",
+		"QUARRY_ADMIN": admins[0] + "," + admins[1], "QUARRY_LOG_LEVEL": "debug", "QUARRY_CALL_TIMEOUT": "5s",
 	}
 	if cfg, err = config(nil, env); err != nil {
 		t.Fatal(err)
 	}
 	if cfg.GRPCAddr != "127.0.0.1:7941" || cfg.HTTPAddr != "127.0.0.1:7942" || cfg.DrainTimeout != 3*time.Second ||
-		!slices.Equal(ids(cfg.Admins), admins) || !cfg.Logger.Enabled(t.Context(), -4) {
+		!slices.Equal(ids(cfg.Admins), admins) || !cfg.Logger.Enabled(t.Context(), -4) || cfg.CallTimeout != 5*time.Second {
 		t.Fatalf("from the environment: grpc %q http %q drain %v admins %v", cfg.GRPCAddr, cfg.HTTPAddr, cfg.DrainTimeout, cfg.Admins)
 	}
 	// A flag beats the environment.
-	if cfg, err = config([]string{"--http-addr", "127.0.0.1:7952", "--drain-timeout", "4s", "--admin", admins[1]}, env); err != nil {
+	if cfg, err = config([]string{"--http-addr", "127.0.0.1:7952", "--drain-timeout", "4s", "--admin", admins[1], "--call-timeout", "7s"}, env); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.GRPCAddr != "127.0.0.1:7941" || cfg.HTTPAddr != "127.0.0.1:7952" || cfg.DrainTimeout != 4*time.Second || !slices.Equal(ids(cfg.Admins), admins[1:]) {
+	if cfg.GRPCAddr != "127.0.0.1:7941" || cfg.HTTPAddr != "127.0.0.1:7952" || cfg.DrainTimeout != 4*time.Second || !slices.Equal(ids(cfg.Admins), admins[1:]) ||
+		cfg.CallTimeout != 7*time.Second {
 		t.Fatalf("flags over the environment: grpc %q http %q drain %v admins %v", cfg.GRPCAddr, cfg.HTTPAddr, cfg.DrainTimeout, cfg.Admins)
 	}
 
@@ -100,9 +102,9 @@ func TestRunSettings(t *testing.T) {
 	}{
 		{nil, map[string]string{"QUARRY_ADMIN": "root"}, []string{"QUARRY_ADMIN", "--admin", "not a peer ID"}},
 		{[]string{"--drain-timeout", "0s"}, nil, []string{"--drain-timeout", "must be positive"}},
-		// The ledger cannot take these yet; ignoring them would mislead.
-		{nil, map[string]string{"QUARRY_CALL_TIMEOUT": "5s"}, []string{"QUARRY_CALL_TIMEOUT", "--call-timeout", "cannot apply"}},
+		// The ledger cannot take this one; ignoring it would mislead.
 		{[]string{"--max-msg-size", "1024"}, nil, []string{"--max-msg-size", "cannot apply"}},
+		{[]string{"--call-timeout", "-1s"}, nil, []string{"--call-timeout"}},
 	} {
 		_, err := config(tc.args, tc.env)
 		var fe *daemon.FlagError
