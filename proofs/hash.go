@@ -6,6 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"hash"
+	"unsafe"
+
+	"github.com/quarrynet/quarry/internal/sha256x16"
 )
 
 const (
@@ -131,6 +134,29 @@ func (l *leafHasher) leaf(b []byte) Hash {
 	return l.out
 }
 
+// leaves hashes the consecutive leaves of data (the last one zero-padded
+// when short) sixteen at a time (package sha256x16) into out, which must
+// have room for them, and returns out's first len(data)/leaf size nodes.
+func (l *leafHasher) leaves(out []Hash, data []byte) []Hash {
+	n := (len(data) + l.size - 1) / l.size
+	out = out[:n]
+	var msgs [sha256x16.Lanes][]byte
+	for i := 0; i < n; i += sha256x16.Lanes {
+		g := min(sha256x16.Lanes, n-i)
+		for j := range g {
+			p := (i + j) * l.size
+			if m := data[p:min(p+l.size, len(data))]; len(m) == l.size {
+				msgs[j] = m
+			} else {
+				clear(l.pad[copy(l.pad, m):])
+				msgs[j] = l.pad
+			}
+		}
+		sha256x16.Sum(out[i:i+g], l.tag[:], msgs[:g])
+	}
+	return out
+}
+
 func hashNode(left, right *Hash) Hash {
 	var b [1 + 64]byte
 	b[0] = tagNode
@@ -159,15 +185,27 @@ func hashSetNode(l *Hash, lc uint64, r *Hash, rc uint64) Hash {
 
 // foldLevel replaces nodes (the first len(nodes) nodes of a level at height
 // level, the rest being zero subtrees) by the next level up, in place, and
-// returns it.
+// returns it. Pairs are hashed sixteen at a time (package sha256x16).
 func (s *shape) foldLevel(nodes []Hash, level int) []Hash {
 	n := (len(nodes) + 1) / 2
-	for i := 0; i < n; i++ {
-		if 2*i+1 < len(nodes) {
-			nodes[i] = hashNode(&nodes[2*i], &nodes[2*i+1])
-		} else {
-			nodes[i] = hashNode(&nodes[2*i], &s.zero[level])
+	pairs := len(nodes) / 2
+	var msgs [sha256x16.Lanes][]byte
+	var sums [sha256x16.Lanes]Hash
+	tag := []byte{tagNode}
+	for i := 0; i < pairs; i += sha256x16.Lanes {
+		g := min(sha256x16.Lanes, pairs-i)
+		for j := range g {
+			// Two adjacent hashes are the 64 bytes left ‖ right.
+			msgs[j] = unsafe.Slice(&nodes[2*(i+j)][0], 2*len(Hash{}))
 		}
+		sha256x16.Sum(sums[:g], tag, msgs[:g])
+		// Writing back after the whole group: group i's outputs overlap
+		// its own inputs only for i = 0, and inputs of earlier groups
+		// otherwise.
+		copy(nodes[i:i+g], sums[:g])
+	}
+	if pairs < n {
+		nodes[pairs] = hashNode(&nodes[2*pairs], &s.zero[level])
 	}
 	return nodes[:n]
 }
@@ -179,14 +217,10 @@ func (s *shape) foldLevel(nodes []Hash, level int) []Hash {
 // path from leaf 0 of the first subtree.
 func (s *shape) hashSubtrees(lh *leafHasher, data []byte, level int, out, scratch, spine []Hash) int {
 	sub := s.leafSize() << level
-	ls := s.leafSize()
 	k := 0
 	for off := 0; off < len(data); off += sub {
 		end := min(off+sub, len(data))
-		nodes := scratch[:0]
-		for p := off; p < end; p += ls {
-			nodes = append(nodes, lh.leaf(data[p:min(p+ls, end)]))
-		}
+		nodes := lh.leaves(scratch, data[off:end])
 		for lv := 0; lv < level; lv++ {
 			if spine != nil && k == 0 {
 				if len(nodes) > 1 {

@@ -363,13 +363,11 @@ func (l *Layers) proveLeaf(r io.ReaderAt, leaf uint64, lh *leafHasher, buf []byt
 	// Leaf hashes of the subtree, then fold up to the stored level taking
 	// the sibling of the challenged leaf's ancestor at each level.
 	var scratch [1 << 6]Hash
-	nodes := scratch[:0]
+	nodes := scratch[:]
 	if 1<<b > len(scratch) {
-		nodes = make([]Hash, 0, 1<<b)
+		nodes = make([]Hash, 1<<b)
 	}
-	for p := uint64(0); p < n; p += LeafSize {
-		nodes = append(nodes, lh.leaf(buf[p:min(p+LeafSize, n)]))
-	}
+	nodes = lh.leaves(nodes, buf)
 	local := leaf - sub<<b
 	clear(data)
 	copy(data, buf[local*LeafSize:min((local+1)*LeafSize, n)])
