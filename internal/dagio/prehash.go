@@ -11,20 +11,26 @@ import (
 
 	chunker "github.com/ipfs/boxo/chunker"
 	"github.com/ipfs/go-cid"
+	mh "github.com/multiformats/go-multihash"
 	"golang.org/x/sys/unix"
+
+	"github.com/quarrynet/quarry/internal/sha256x16"
 )
 
 // boxo's balanced builder reads a chunk, hashes it and writes it on one
 // goroutine, so a large import runs at the speed of one core's SHA-256. For
 // raw-leaf profiles the leaf CID is the hash of the chunk itself, so it can
 // be computed ahead: prehashSplitter reads chunks ahead of the builder and
-// hashes them on GOMAXPROCS goroutines, and prehashBuilder (the builder's
+// hashes them on GOMAXPROCS goroutines, sixteen chunks at a time in the
+// lanes of package sha256x16, and prehashBuilder (the builder's
 // cid.Builder) hands the builder the CID already computed for exactly that
 // chunk. Every other CID (dag-pb nodes, a miss) is computed as usual, so the
 // DAG — and its root CID — is byte for byte what boxo alone would build.
 
-// prehashDepth is how many chunks are read ahead of the builder.
-const prehashDepth = 8
+// prehashDepth is how many chunks are read ahead of the builder: two
+// batches of sha256x16.Lanes, one being hashed while the builder takes the
+// other's chunks.
+const prehashDepth = 2 * sha256x16.Lanes
 
 type prehashed struct {
 	n int
@@ -186,7 +192,9 @@ func newPrehashSplitter(src chunkSource, leaf cid.Prefix, cache *prehashCache, m
 	if ms, ok := src.(*mappedSource); ok && mapped {
 		s.mapped = ms
 	}
-	work := make(chan *chunkJob, prehashDepth)
+	// Chunks go to the hashers in batches of up to sha256x16.Lanes
+	// consecutive chunks, which one hasher hashes together.
+	work := make(chan []*chunkJob, prehashDepth/sha256x16.Lanes)
 	workers := runtime.GOMAXPROCS(0)
 	s.wg.Add(workers + 1)
 	for range workers {
@@ -195,14 +203,27 @@ func newPrehashSplitter(src chunkSource, leaf cid.Prefix, cache *prehashCache, m
 			if mapped {
 				debug.SetPanicOnFault(true)
 			}
-			for j := range work {
+			var msgs [sha256x16.Lanes][]byte
+			var sums [sha256x16.Lanes]cid.Cid
+			for batch := range work {
 				func() {
-					defer func() { faultToError(recover(), &j.err) }()
-					if c, err := leaf.Sum(j.data); err == nil {
-						cache.m.Store(chunkKey(j.data), prehashed{n: len(j.data), c: c})
+					var err error
+					defer func() {
+						faultToError(recover(), &err)
+						for _, j := range batch {
+							j.err = err
+							close(j.done)
+						}
+					}()
+					for i, j := range batch {
+						msgs[i] = j.data
+					}
+					if leafSums(leaf, msgs[:len(batch)], sums[:len(batch)]) {
+						for i, j := range batch {
+							cache.m.Store(chunkKey(j.data), prehashed{n: len(j.data), c: sums[i]})
+						}
 					}
 				}()
-				close(j.done)
 			}
 		}()
 	}
@@ -210,6 +231,24 @@ func newPrehashSplitter(src chunkSource, leaf cid.Prefix, cache *prehashCache, m
 		defer s.wg.Done()
 		defer close(work)
 		defer close(s.ordered)
+		var batch []*chunkJob
+		send := func() bool {
+			if len(batch) == 0 {
+				return true
+			}
+			select {
+			case work <- batch:
+				batch = nil
+				return true
+			case <-s.stop:
+				for _, j := range batch {
+					close(j.done)
+				}
+				batch = nil
+				return false
+			}
+		}
+		defer func() { send() }()
 		for {
 			data, err := src.next()
 			if err == io.EOF {
@@ -218,6 +257,9 @@ func newPrehashSplitter(src chunkSource, leaf cid.Prefix, cache *prehashCache, m
 			j := &chunkJob{data: data, err: err, done: make(chan struct{})}
 			if err != nil {
 				close(j.done)
+				if !send() {
+					return
+				}
 				select {
 				case s.ordered <- j:
 				case <-s.stop:
@@ -227,17 +269,47 @@ func newPrehashSplitter(src chunkSource, leaf cid.Prefix, cache *prehashCache, m
 			select {
 			case s.ordered <- j:
 			case <-s.stop:
+				close(j.done)
+				send()
 				return
 			}
-			select {
-			case work <- j:
-			case <-s.stop:
-				close(j.done)
+			if batch = append(batch, j); len(batch) == sha256x16.Lanes && !send() {
 				return
 			}
 		}
 	}()
 	return s
+}
+
+// leafSums sets sums[i] to the raw-leaf CID of chunks[i] under leaf and
+// reports whether it could: the common SHA-256 leaves are hashed together
+// (package sha256x16), any other hash one chunk at a time; on an error
+// (an unknown hash function, say) nothing is cached and the builder's own
+// Sum reports it.
+func leafSums(leaf cid.Prefix, chunks [][]byte, sums []cid.Cid) bool {
+	if leaf.MhType != mh.SHA2_256 || (leaf.MhLength != -1 && leaf.MhLength != sha256x16.Size) {
+		for i, c := range chunks {
+			var err error
+			if sums[i], err = leaf.Sum(c); err != nil {
+				return false
+			}
+		}
+		return true
+	}
+	var digests [sha256x16.Lanes][sha256x16.Size]byte
+	sha256x16.Sum(digests[:len(chunks)], nil, chunks)
+	for i := range chunks {
+		m, err := mh.Encode(digests[i][:], mh.SHA2_256)
+		if err != nil {
+			return false
+		}
+		if leaf.Version == 0 {
+			sums[i] = cid.NewCidV0(m)
+		} else {
+			sums[i] = cid.NewCidV1(leaf.Codec, m)
+		}
+	}
+	return true
 }
 
 // Reader is part of chunker.Splitter; boxo uses it only for filestore
