@@ -14,6 +14,8 @@ import (
 	"github.com/ipfs/go-cid"
 	ipld "github.com/ipfs/go-ipld-format"
 	mh "github.com/multiformats/go-multihash"
+
+	"github.com/quarrynet/quarry/internal/sha256x16"
 )
 
 var _ blockstore.Blockstore = (*Store)(nil)
@@ -49,6 +51,19 @@ func (s *Store) locate(h mh.Multihash, max int) ([]location, error) {
 // readVerified reads a block's bytes from one of its locations into buf
 // (grown if needed) and checks them against c.
 func (s *Store) readVerified(c cid.Cid, loc location, buf []byte) ([]byte, error) {
+	buf, err := s.readRaw(c, loc, buf)
+	if err != nil {
+		return nil, err
+	}
+	if err := verify(c, buf); err != nil {
+		return nil, err
+	}
+	return buf, nil
+}
+
+// readRaw reads a block's bytes from one of its locations into buf (grown
+// if needed), unchecked.
+func (s *Store) readRaw(c cid.Cid, loc location, buf []byte) ([]byte, error) {
 	f, err := s.openPiece(loc.piece)
 	if err != nil {
 		return nil, err
@@ -62,9 +77,6 @@ func (s *Store) readVerified(c cid.Cid, loc location, buf []byte) ([]byte, error
 			err = io.ErrUnexpectedEOF
 		}
 		return nil, fmt.Errorf("storage: read %s from piece %d: %w", c, loc.piece, err)
-	}
-	if err := verify(c, buf); err != nil {
-		return nil, err
 	}
 	return buf, nil
 }
@@ -94,6 +106,46 @@ func verify(c cid.Cid, data []byte) error {
 		return fmt.Errorf("%w: %s", ErrHashMismatch, c)
 	}
 	return nil
+}
+
+// verifyMany sets errs[i] to verify(cids[i], data[i]) for every block, and
+// hashes the SHA-256 ones (nearly all blocks) together: package sha256x16
+// runs sixteen of them at once in the vector lanes.
+func verifyMany(cids []cid.Cid, data [][]byte, errs []error) {
+	var idx [sha256x16.Lanes]int
+	var msgs [sha256x16.Lanes][]byte
+	var sums [sha256x16.Lanes][sha256x16.Size]byte
+	n := 0
+	flush := func() {
+		sha256x16.Sum(sums[:n], nil, msgs[:n])
+		for k := range n {
+			i := idx[k]
+			if errs[i] = nil; !bytes.Equal(sums[k][:], cids[i].Hash()[2:]) {
+				errs[i] = fmt.Errorf("%w: %s", ErrHashMismatch, cids[i])
+			}
+		}
+		n = 0
+	}
+	for i, c := range cids {
+		if !isSHA256(c) {
+			errs[i] = verify(c, data[i])
+			continue
+		}
+		idx[n], msgs[n] = i, data[i]
+		if n++; n == sha256x16.Lanes {
+			flush()
+		}
+	}
+	if n > 0 {
+		flush()
+	}
+}
+
+// isSHA256 reports whether c's multihash is a full SHA2-256 digest (code
+// 0x12, length 32: the two bytes 0x12 0x20 and the digest).
+func isSHA256(c cid.Cid) bool {
+	h := c.Hash()
+	return len(h) == 2+sha256x16.Size && h[0] == mh.SHA2_256 && h[1] == sha256x16.Size
 }
 
 // Get returns the block for c after checking its bytes against c's hash.

@@ -7,7 +7,10 @@ import (
 	"os"
 	"testing"
 
+	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
+	ipld "github.com/ipfs/go-ipld-format"
+	mh "github.com/multiformats/go-multihash"
 
 	"github.com/quarrynet/quarry/internal/keystream"
 )
@@ -124,4 +127,88 @@ func addLeaves(t *testing.T, s *Store, n int64) (*Piece, cid.Cid, []cid.Cid) {
 		t.Fatal(err)
 	}
 	return p, root, links
+}
+
+// BorrowMany gives each block what Borrow would: the bytes of intact
+// blocks (checked together), ErrHashMismatch for a corrupted one among
+// them, not-found for a missing one, and the right bytes for identity and
+// non-SHA-256 CIDs; it pins exactly the blocks it lends.
+func TestBorrowManyMixedBatch(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	ctx := context.Background()
+	const size = 20<<20 + 5 // 21 leaves: more than one batch of lanes
+	p, _, links := addLeaves(t, s, size)
+	file := keystream.Bytes(size)
+	bad := links[3]
+	loc, err := s.locate(bad.Hash(), 1)
+	if err != nil || len(loc) != 1 {
+		t.Fatalf("locate: %v %v", loc, err)
+	}
+	f, err := os.OpenFile(s.pieceFile(p.ID, KindDAG), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{^file[3<<20]}, int64(loc[0].offset)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	blake := blocks.NewBlock([]byte("a loose block under BLAKE2b"))
+	bc := cid.NewCidV1(cid.Raw, mustMH(t, blake.RawData(), mh.BLAKE2B_MIN+31, -1))
+	bb, _ := blocks.NewBlockWithCid(blake.RawData(), bc)
+	if err := s.Put(ctx, bb); err != nil {
+		t.Fatal(err)
+	}
+	ident := cid.NewCidV1(cid.Raw, mustMH(t, []byte("inline"), mh.IDENTITY, -1))
+	missing := cid.NewCidV1(cid.Raw, mustMH(t, []byte("never stored"), mh.SHA2_256, -1))
+
+	cids := append([]cid.Cid{bc, ident, missing}, links...)
+	out := make([]Lent, len(cids))
+	s.BorrowMany(ctx, cids, out)
+	lent := 0
+	for i, c := range cids {
+		l := out[i]
+		switch {
+		case c == bad:
+			if !errors.Is(l.Err, ErrHashMismatch) || l.Data != nil || l.Release != nil {
+				t.Fatalf("corrupted block: %d bytes, %v, want ErrHashMismatch and nothing lent", len(l.Data), l.Err)
+			}
+			continue
+		case c == missing:
+			if !ipld.IsNotFound(l.Err) {
+				t.Fatalf("missing block: %v, want not found", l.Err)
+			}
+			continue
+		}
+		if l.Err != nil {
+			t.Fatalf("block %d (%s): %v", i, c, l.Err)
+		}
+		var want []byte
+		switch c {
+		case bc:
+			want = blake.RawData()
+		case ident:
+			want = []byte("inline")
+		default:
+			k := i - 3
+			want = file[k<<20 : min((k+1)<<20, size)]
+		}
+		if !bytes.Equal(l.Data, want) {
+			t.Fatalf("block %d (%s): %d bytes differ from the %d stored", i, c, len(l.Data), len(want))
+		}
+		if c != bc && c != ident {
+			lent++
+		}
+	}
+	if got := mapRefs(s, p.ID); got != lent {
+		t.Fatalf("mapping pinned %d times, want %d (the lent intact leaves)", got, lent)
+	}
+	for _, l := range out {
+		if l.Release != nil {
+			l.Release()
+		}
+	}
+	if got := mapRefs(s, p.ID); got > 0 {
+		t.Fatalf("mapping still pinned %d times after every release", got)
+	}
 }

@@ -225,6 +225,15 @@ func (s meteredStore) Borrow(ctx context.Context, c cid.Cid) ([]byte, func(), er
 	return b, release, err
 }
 
+func (s meteredStore) BorrowMany(ctx context.Context, cids []cid.Cid, out []storage.Lent) {
+	s.Store.BorrowMany(ctx, cids, out)
+	for _, l := range out[:len(cids)] {
+		if l.Err == nil {
+			s.m.add(len(l.Data))
+		}
+	}
+}
+
 func (s meteredStore) View(ctx context.Context, c cid.Cid, fn func([]byte) error) error {
 	return s.Store.View(ctx, c, func(b []byte) error {
 		s.m.add(len(b))

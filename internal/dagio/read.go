@@ -19,6 +19,8 @@ import (
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
 	ipld "github.com/ipfs/go-ipld-format"
+
+	"github.com/quarrynet/quarry/internal/sha256x16"
 )
 
 // BlockGetter gives verified blocks by CID (storage.Store is one).
@@ -46,45 +48,88 @@ var (
 	ErrBadDAG  = errors.New("dagio: malformed UnixFS DAG")
 )
 
+// BatchLender lends several verified blocks at once, checking them
+// together (storage.Store is one: it hashes sixteen blocks at a time in
+// vector lanes). out[i] is cids[i]'s result.
+type BatchLender interface {
+	BorrowMany(ctx context.Context, cids []cid.Cid, out []Lent)
+}
+
+// Lent is one block a BatchLender lends: Release is set when Err is nil
+// and must be called exactly once. It is an alias of a plain struct type,
+// as storage.Lent is, so the two are the same type.
+type Lent = struct {
+	Data    []byte
+	Release func()
+	Err     error
+}
+
+// catBatch is how many blocks one Cat worker fetches and checks together.
+const catBatch = sha256x16.Lanes
+
 // Cat writes the bytes of the UnixFS file under root to w and returns how
-// many it wrote. Blocks are fetched (and verified, by bg) up to window
-// blocks ahead of the writer on GOMAXPROCS goroutines.
+// many it wrote. Blocks are fetched (and verified, by bg) ahead of the
+// writer on GOMAXPROCS goroutines, in batches of catBatch blocks, up to
+// window blocks ahead: one batch is written while the others are checked.
 func Cat(ctx context.Context, bg BlockGetter, root cid.Cid, w io.Writer) (int64, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	workers := max(2, runtime.GOMAXPROCS(0))
-	window := 4 * workers
-	jobs := make(chan *fetch, window)
+	window := (workers + 1) * catBatch
+	jobs := make(chan []*fetch, workers+1)
 	defer close(jobs)
 	br, _ := bg.(BufferedBlockReader)
 	lender, _ := bg.(BlockLender)
+	batcher, _ := bg.(BatchLender)
 	var pool sync.Pool
+	fetchOne := func(f *fetch) {
+		switch {
+		case lender != nil:
+			f.data, f.giveBack, f.err = lender.Borrow(ctx, f.c)
+		case br != nil:
+			var buf []byte
+			if p, ok := pool.Get().(*[]byte); ok {
+				buf = *p
+			}
+			f.data, f.err = br.ReadBlock(ctx, f.c, buf)
+		default:
+			var blk blocks.Block
+			if blk, f.err = bg.Get(ctx, f.c); f.err == nil {
+				f.data = blk.RawData()
+			}
+		}
+	}
 	for range workers {
 		go func() {
-			for f := range jobs {
-				switch {
-				case lender != nil:
-					f.data, f.giveBack, f.err = lender.Borrow(ctx, f.c)
-				case br != nil:
-					var buf []byte
-					if p, ok := pool.Get().(*[]byte); ok {
-						buf = *p
+			var cids [catBatch]cid.Cid
+			var lent [catBatch]Lent
+			for batch := range jobs {
+				if batcher != nil {
+					for i, f := range batch {
+						cids[i] = f.c
 					}
-					f.data, f.err = br.ReadBlock(ctx, f.c, buf)
-				default:
-					var blk blocks.Block
-					if blk, f.err = bg.Get(ctx, f.c); f.err == nil {
-						f.data = blk.RawData()
+					batcher.BorrowMany(ctx, cids[:len(batch)], lent[:len(batch)])
+					for i, f := range batch {
+						f.data, f.giveBack, f.err = lent[i].Data, lent[i].Release, lent[i].Err
+					}
+				} else {
+					for _, f := range batch {
+						fetchOne(f)
 					}
 				}
-				close(f.done)
+				for _, f := range batch {
+					close(f.done)
+				}
 			}
 		}()
 	}
 	// queue holds the file's blocks in order, as far as known; expanding an
-	// inner node replaces it with its children. The first `window` entries
-	// are always being fetched; entries pushed back by an expansion keep
-	// their fetch, so at most window × depth blocks are held.
+	// inner node replaces it with its children. Blocks among the first
+	// `window` entries are handed to the workers in batches of catBatch;
+	// a smaller batch goes only when it holds the head of the queue (the
+	// writer waits for it) or the window reaches the end of the queue.
+	// Entries pushed back by an expansion keep their fetch, so at most
+	// window × depth blocks are held.
 	queue := []*fetch{{c: root}}
 	defer func() {
 		for _, f := range queue {
@@ -94,15 +139,24 @@ func Cat(ctx context.Context, bg BlockGetter, root cid.Cid, w io.Writer) (int64,
 	var written int64
 	isRoot := true
 	for len(queue) > 0 {
+		var batch []*fetch
+		head := false
 		for i := 0; i < len(queue) && i < window; i++ {
-			if q := queue[i]; q.done == nil {
-				q.done = make(chan struct{})
-				select {
-				case jobs <- q:
-				case <-ctx.Done():
-					q.done = nil // never handed to a worker: nothing to wait for
+			q := queue[i]
+			if q.done != nil {
+				continue
+			}
+			head = head || i == 0
+			if batch = append(batch, q); len(batch) == catBatch {
+				if !dispatch(ctx, jobs, batch) {
 					return written, ctx.Err()
 				}
+				batch, head = nil, false
+			}
+		}
+		if len(batch) > 0 && (head || len(queue) <= window) {
+			if !dispatch(ctx, jobs, batch) {
+				return written, ctx.Err()
 			}
 		}
 		f := queue[0]
@@ -128,7 +182,7 @@ func Cat(ctx context.Context, bg BlockGetter, root cid.Cid, w io.Writer) (int64,
 		}
 		if f.giveBack != nil {
 			f.release()
-		} else if br != nil {
+		} else if br != nil && batcher == nil && lender == nil {
 			// The bytes are written (or copied out as inline data of an
 			// inner node's children list): the buffer can be reused.
 			buf := f.data[:0]
@@ -145,6 +199,23 @@ func Cat(ctx context.Context, bg BlockGetter, root cid.Cid, w io.Writer) (int64,
 		}
 	}
 	return written, nil
+}
+
+// dispatch hands a batch to the workers, marking its fetches as started;
+// it reports false if ctx ended first (the batch is then not started).
+func dispatch(ctx context.Context, jobs chan<- []*fetch, batch []*fetch) bool {
+	for _, f := range batch {
+		f.done = make(chan struct{})
+	}
+	select {
+	case jobs <- batch:
+		return true
+	case <-ctx.Done():
+		for _, f := range batch {
+			f.done = nil // never handed to a worker: nothing to wait for
+		}
+		return false
+	}
 }
 
 type fetch struct {
