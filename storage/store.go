@@ -86,6 +86,9 @@ type Store struct {
 	// faults, when set by tests, is called before every write with its size
 	// and may fail it (full disk, I/O error).
 	faults func(n int) error
+	// syncFaults, when set by tests, is called before every background
+	// sync of a piece being written and may fail it.
+	syncFaults func() error
 	// failpoint, set by crash tests, is called at each named crash point of
 	// the durable-step order (see the package doc) and may kill the process.
 	failpoint func(name string)

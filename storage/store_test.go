@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -784,4 +785,43 @@ func mustReadAll(t *testing.T, r io.Reader) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// A durable import syncs its piece file every syncEvery bytes while it
+// writes (so the device's cache drains during the import, not all at
+// Seal); a failed background sync fails the import and leaves nothing.
+func TestBackgroundSyncs(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	ctx := context.Background()
+	p, _ := dagio.ProfileByName("")
+	const size = 4*syncEvery + 5
+	var syncs atomic.Int32
+	s.syncFaults = func() error { syncs.Add(1); return nil }
+	add := func(seed int64) (*Piece, error) {
+		w, err := s.NewPieceWriter(p.RootLen())
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := dagio.ImportFile(ctx, w, keystream.Reader(seed, size), p)
+		if err != nil {
+			w.Abort()
+			return nil, err
+		}
+		return w.Seal(ctx, n.Cid())
+	}
+	if _, err := add(1); err != nil {
+		t.Fatal(err)
+	}
+	// Requests that come while a sync runs fold into the next one.
+	if n := syncs.Load(); n < 2 || n > 4 {
+		t.Fatalf("%d background syncs while writing %d bytes, want 2 to 4 (one per %d bytes at most)", n, size, syncEvery)
+	}
+	s.syncFaults = func() error { return syscall.EIO }
+	if _, err := add(2); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("import whose background sync fails: %v, want EIO", err)
+	}
+	s.syncFaults = nil
+	if files := pieceFiles(t, s); len(files) != 1 {
+		t.Fatalf("files after the failed import: %v, want only the first piece", files)
+	}
 }

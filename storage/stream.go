@@ -49,6 +49,13 @@ type pieceStream struct {
 	err   error // first error of the background goroutines
 
 	started uint64 // buffered mode: bytes whose writeback was started
+
+	// Background syncs: every syncEvery bytes written, the syncer
+	// goroutine fdatasyncs the file, so that the device's write cache
+	// drains while the import goes on instead of all in Seal's sync.
+	written  atomic.Uint64
+	syncReq  chan struct{}
+	syncDone chan struct{}
 }
 
 const (
@@ -56,6 +63,11 @@ const (
 	streamBuffers = 6
 	streamWriters = 3
 	dioAlign      = 4096
+	// syncEvery: on this project's reference VM a synced GiB takes the
+	// same 1.2–1.4 s with one sync at the end or one per 32–256 MiB, but
+	// with one at the end ≈ 0.6 s of it comes after the last write, where
+	// nothing else overlaps it.
+	syncEvery = 64 << 20
 )
 
 type streamJob struct {
@@ -98,6 +110,10 @@ func newPieceStream(s *Store, f *os.File, path string, hdrLen int, direct bool) 
 		go st.runWriter()
 	}
 	go st.runCommitter()
+	if !s.cfg.NoSync {
+		st.syncReq, st.syncDone = make(chan struct{}, 1), make(chan struct{})
+		go st.runSyncer()
+	}
 	return st, nil
 }
 
@@ -252,7 +268,38 @@ func (st *pieceStream) writeJob(j *streamJob) error {
 			st.started = end
 		}
 	}
+	if st.syncReq != nil {
+		n := uint64(len(j.buf))
+		if w := st.written.Add(n); w/syncEvery != (w-n)/syncEvery {
+			select {
+			case st.syncReq <- struct{}{}:
+			default: // a sync is pending: it will cover these bytes too
+			}
+		}
+	}
 	return nil
+}
+
+// runSyncer fdatasyncs the piece file when asked, until stop. A failed
+// sync fails the piece (Linux reports a writeback error once: Seal's own
+// sync might not see it again).
+func (st *pieceStream) runSyncer() {
+	defer close(st.syncDone)
+	for range st.syncReq {
+		if st.firstErr() != nil {
+			continue
+		}
+		err := error(nil)
+		if st.s.syncFaults != nil {
+			err = st.s.syncFaults()
+		}
+		if err == nil {
+			err = unix.Fdatasync(int(st.f.Fd()))
+		}
+		if err != nil {
+			st.setErr(fmt.Errorf("storage: sync piece: %w", err))
+		}
+	}
 }
 
 func pwriteAll(f *os.File, b []byte, off int64) error {
@@ -332,6 +379,10 @@ func (st *pieceStream) stop() {
 	close(st.cq)
 	st.writers.Wait()
 	<-st.cdone
+	if st.syncReq != nil {
+		close(st.syncReq)
+		<-st.syncDone
+	}
 	if st.direct {
 		st.df.Close()
 	}
