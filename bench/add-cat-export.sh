@@ -43,6 +43,9 @@
 # repo directly), in repos made with `ipfs init --profile=test --empty-repo`
 # (loopback addresses, no bootstrap peers). Kubo comes from bench/kubo.sh.
 #
+# Before the profiles, a dd probe measures the device's synced write speed
+# for SIZE bytes, the floor of a durable add.
+#
 # Bars from issue 2: add >= 1.5x Kubo, cat >= 1.0x, export >= 2.0x, peak RSS
 # of quarry add of 1 GiB <= 200 MiB. They are printed as ok/LOW; the exit code
 # is 0 unless something failed to run or quarry's CID differs from Kubo's.
@@ -159,6 +162,21 @@ status=0
 echo "quarry vs Kubo $kubo_version: add / cat / export of $SIZE ($bytes bytes), median of $RUNS, warm cache, MB = 10^6 B"
 echo "file: $file"
 echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
+
+# The device's synced write speed bounds a durable add: the same bytes, in
+# 8 MiB O_DIRECT writes, then fdatasync (dd's conv=fdatasync), RUNS times.
+ddprobe() {
+	local t0 t1
+	t0=$EPOCHREALTIME
+	dd if=/dev/zero of="$run/ddprobe" bs=8M count=$(((bytes + (8 << 20) - 1) >> 23)) oflag=direct conv=fdatasync status=none || return 1
+	t1=$EPOCHREALTIME
+	rm -f "$run/ddprobe"
+	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f\n", b - a }'
+}
+dd_s=()
+for ((i = 0; i < RUNS; i++)); do dd_s+=("$(ddprobe)"); done
+echo "synced write (dd bs=8M oflag=direct conv=fdatasync, median of $RUNS): $(mbps "$(median "${dd_s[@]}")") MB/s, runs ${dd_s[*]} s"
+echo "  (a durable quarry add cannot be faster than this; Kubo's add does not sync)"
 
 for prof in $PROFILES; do
 	flags=$(kubo_flags "$prof")

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"sort"
 	"strings"
 
@@ -91,7 +90,7 @@ func (p Profile) RootLen() int {
 // ImportFile chunks r into a balanced UnixFS file DAG, adds every block to
 // dst (children before parents) and returns the root node.
 func ImportFile(ctx context.Context, dst ipld.DAGService, r io.Reader, p Profile) (ipld.Node, error) {
-	return importFile(ctx, dst, &readerSource{r: r, size: p.ChunkSize}, p, nil, false)
+	return importFile(ctx, dst, &readerSource{r: r, size: p.ChunkSize}, p, nil)
 }
 
 // BlockCopier is implemented by DAG services that copy a node's bytes
@@ -108,28 +107,23 @@ func (im *importer) importRegular(ctx context.Context, f *os.File, size int64) (
 	// file's root would be its raw leaf, pointing into the mapping.
 	if ok && bc.CopiesBlocks() && im.p.RawLeaves && size > im.p.ChunkSize {
 		var before unix.Stat_t
-		data, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
-		if err == nil && unix.Fstat(int(f.Fd()), &before) == nil {
-			defer unix.Munmap(data)
-			_ = unix.Madvise(data, unix.MADV_SEQUENTIAL)
-			n, err := importFile(ctx, im.dst, &mappedSource{data: data, size: int(im.p.ChunkSize)}, im.p, im.progress(), true)
-			if err != nil {
-				return nil, err
-			}
-			// Leaf CIDs are hashed from the mapping and the piece copies the
-			// bytes later: a file rewritten in place in between would give
-			// blocks that do not match their CIDs. Refuse if it changed.
-			var after unix.Stat_t
-			if err := unix.Fstat(int(f.Fd()), &after); err != nil {
-				return nil, err
-			}
-			if after.Size != before.Size || after.Mtim != before.Mtim || after.Ctim != before.Ctim {
-				return nil, errFileChanged
-			}
-			return n, nil
-		} else if err == nil {
-			unix.Munmap(data)
+		if err := unix.Fstat(int(f.Fd()), &before); err != nil {
+			return nil, err
 		}
+		n, err := importFile(ctx, im.dst, newPooledSource(f, im.p.ChunkSize), im.p, im.progress())
+		if err != nil {
+			return nil, err
+		}
+		// The DAG is whatever bytes were read, consistently; but a file
+		// that changed while it was read is not the file the user named.
+		var after unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &after); err != nil {
+			return nil, err
+		}
+		if after.Size != before.Size || after.Mtim != before.Mtim || after.Ctim != before.Ctim {
+			return nil, errFileChanged
+		}
+		return n, nil
 	}
 	var r io.Reader = f
 	if im.opts.Progress != nil {
@@ -149,7 +143,7 @@ func (im *importer) progress() func(int64) {
 	}
 }
 
-func importFile(ctx context.Context, dst ipld.DAGService, src chunkSource, p Profile, progress func(int64), mapped bool) (n ipld.Node, err error) {
+func importFile(ctx context.Context, dst ipld.DAGService, src chunkSource, p Profile, progress func(int64)) (n ipld.Node, err error) {
 	params := helpers.DagBuilderParams{
 		Maxlinks:   p.MaxLinks,
 		RawLeaves:  p.RawLeaves,
@@ -162,7 +156,7 @@ func importFile(ctx context.Context, dst ipld.DAGService, src chunkSource, p Pro
 		cache := &prehashCache{}
 		leaf := p.CidBuilder().(cid.Prefix)
 		leaf.Codec = cid.Raw
-		ps := newPrehashSplitter(src, leaf, cache, mapped)
+		ps := newPrehashSplitter(src, leaf, cache)
 		ps.progress = progress
 		defer ps.Close()
 		params.CidBuilder = prehashBuilder{prefix: p.CidBuilder().(cid.Prefix), cache: cache}
@@ -173,11 +167,6 @@ func importFile(ctx context.Context, dst ipld.DAGService, src chunkSource, p Pro
 			return nil, errors.New("dagio: dag-pb leaves need a reader")
 		}
 		spl = chunker.NewSizeSplitter(rs.r, p.ChunkSize)
-	}
-	if mapped {
-		// The builder goroutine copies mapped bytes into the piece (Add).
-		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-		defer func() { faultToError(recover(), &err) }()
 	}
 	db, err := params.New(spl)
 	if err != nil {

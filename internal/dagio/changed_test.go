@@ -42,11 +42,10 @@ func (d *truncatingDAG) Add(ctx context.Context, n ipld.Node) error {
 	return d.PieceWriter.Add(ctx, n)
 }
 
-// A file that changes while it is added through a mapping is refused:
-// shrinking faults (which must become an error, not a crash), and a
-// rewrite in place would give leaves hashed before and copied after the
-// change.
-func TestMappedFileChangingMidImportIsRefused(t *testing.T) {
+// A file that changes while it is added is refused: the DAG would be of
+// bytes read partly before and partly after the change, which is not the
+// file the user named.
+func TestFileChangingMidImportIsRefused(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		inPlace bool
