@@ -12,6 +12,7 @@ import (
 	ipld "github.com/ipfs/go-ipld-format"
 	mh "github.com/multiformats/go-multihash"
 
+	"github.com/quarrynet/quarry/internal/dagio"
 	"github.com/quarrynet/quarry/internal/keystream"
 )
 
@@ -210,5 +211,37 @@ func TestBorrowManyMixedBatch(t *testing.T) {
 	}
 	if got := mapRefs(s, p.ID); got > 0 {
 		t.Fatalf("mapping still pinned %d times after every release", got)
+	}
+}
+
+// cancelAfter cancels a context once n bytes have been written to it.
+type cancelAfter struct {
+	n      int
+	cancel context.CancelFunc
+}
+
+func (w *cancelAfter) Write(p []byte) (int, error) {
+	if w.n -= len(p); w.n <= 0 {
+		w.cancel()
+	}
+	return len(p), nil
+}
+
+// A Cat cancelled part-way, with batches of borrowed blocks in flight,
+// returns the context's error and gives every borrowed block back.
+func TestCatCancelledMidBatchReleasesEverything(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	p, root, _ := addLeaves(t, s, 64<<20)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	n, err := dagio.Cat(ctx, s, root, &cancelAfter{n: 5 << 20, cancel: cancel})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled cat: %d bytes, %v, want context.Canceled", n, err)
+	}
+	if n >= 64<<20 {
+		t.Fatalf("cancelled cat wrote all %d bytes", n)
+	}
+	if got := mapRefs(s, p.ID); got > 0 {
+		t.Fatalf("mapping still pinned %d times after the cancelled cat", got)
 	}
 }

@@ -475,5 +475,5 @@ func (w *PieceWriter) rewrite(header []byte, order []int) (proofs.Commitment, []
 }
 
 // CopiesBlocks tells importers that Add copies a node's bytes and keeps no
-// reference to them (so they may hand it memory they will unmap).
+// reference to them (so they may hand it buffers they will reuse).
 func (w *PieceWriter) CopiesBlocks() bool { return true }

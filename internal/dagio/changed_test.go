@@ -71,3 +71,43 @@ func TestFileChangingMidImportIsRefused(t *testing.T) {
 		})
 	}
 }
+
+// cancellingDAG cancels the import's context after a few blocks.
+type cancellingDAG struct {
+	*storage.PieceWriter
+	adds, after int
+	cancel      context.CancelFunc
+}
+
+func (d *cancellingDAG) Add(ctx context.Context, n ipld.Node) error {
+	if d.adds++; d.adds == d.after {
+		d.cancel()
+	}
+	return d.PieceWriter.Add(ctx, n)
+}
+
+// An import cancelled while the read-ahead holds every reused buffer (the
+// reader waiting for one to come back) ends with the context's error.
+func TestImportCancelledWithBuffersInFlight(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f.bin")
+	writeFile(t, path, 0, 48<<20)
+	s, err := storage.Open(storage.Config{Dir: t.TempDir(), NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	p, _ := ProfileByName("kubo-v1") // 192 chunks through 36 buffers
+	for _, after := range []int{1, 40, 150} {
+		w, err := s.NewPieceWriter(p.RootLen())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		_, err = ImportPath(ctx, &cancellingDAG{PieceWriter: w, after: after, cancel: cancel}, path, p, ImportOptions{})
+		cancel()
+		w.Abort()
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("import cancelled after %d blocks: %v, want context.Canceled", after, err)
+		}
+	}
+}

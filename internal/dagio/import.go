@@ -95,7 +95,7 @@ func ImportFile(ctx context.Context, dst ipld.DAGService, r io.Reader, p Profile
 
 // BlockCopier is implemented by DAG services that copy a node's bytes
 // during Add and keep no reference to them (storage.PieceWriter). Regular
-// files imported into one are read through a memory mapping.
+// files imported into one are read into reused buffers (pooledSource).
 type BlockCopier interface {
 	CopiesBlocks() bool
 }
@@ -103,8 +103,9 @@ type BlockCopier interface {
 // importRegular imports an open regular file of the given size.
 func (im *importer) importRegular(ctx context.Context, f *os.File, size int64) (ipld.Node, error) {
 	bc, ok := im.dst.(BlockCopier)
-	// Mapping pays off for multi-chunk files of raw-leaf profiles; a one-chunk
-	// file's root would be its raw leaf, pointing into the mapping.
+	// Reused buffers pay off for multi-chunk files of raw-leaf profiles; a
+	// one-chunk file's root would be its raw leaf, pointing into a buffer
+	// that is reused.
 	if ok && bc.CopiesBlocks() && im.p.RawLeaves && size > im.p.ChunkSize {
 		var before unix.Stat_t
 		if err := unix.Fstat(int(f.Fd()), &before); err != nil {

@@ -95,10 +95,14 @@ type prehashSplitter struct {
 	progress func(int64) // optional, called with the bytes handed out so far
 	read     int64
 	pooled   *pooledSource // set when chunks are reused buffers
-	held     [2][]byte     // pooled: the last two chunks handed out
-	cache    *prehashCache
-	once     sync.Once
-	wg       sync.WaitGroup
+	// held: pooled, the last two chunks handed out. boxo's builder reads
+	// one chunk ahead (DagBuilderHelper.Done calls NextBytes before the
+	// chunk it last returned is added), so at NextBytes(k) chunk k-1 may
+	// still be in use, and chunk k-2 is copied and free.
+	held  [2][]byte
+	cache *prehashCache
+	once  sync.Once
+	wg    sync.WaitGroup
 }
 
 var _ chunker.Splitter = (*prehashSplitter)(nil)

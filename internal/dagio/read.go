@@ -112,13 +112,16 @@ func Cat(ctx context.Context, bg BlockGetter, root cid.Cid, w io.Writer) (int64,
 					for i, f := range batch {
 						f.data, f.giveBack, f.err = lent[i].Data, lent[i].Release, lent[i].Err
 					}
+					for _, f := range batch {
+						close(f.done)
+					}
 				} else {
+					// One at a time: the writer need not wait for the
+					// whole batch.
 					for _, f := range batch {
 						fetchOne(f)
+						close(f.done)
 					}
-				}
-				for _, f := range batch {
-					close(f.done)
 				}
 			}
 		}()
