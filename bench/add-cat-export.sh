@@ -163,12 +163,13 @@ echo "quarry vs Kubo $kubo_version: add / cat / export of $SIZE ($bytes bytes), 
 echo "file: $file"
 echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 
-# The device's synced write speed bounds a durable add: the same bytes, in
+# The device's synced write speed bounds a durable add: the file's bytes
+# (not zeros, which a thin-provisioned virtual disk may write for free), in
 # 8 MiB O_DIRECT writes, then fdatasync (dd's conv=fdatasync), RUNS times.
 ddprobe() {
 	local t0 t1
 	t0=$EPOCHREALTIME
-	dd if=/dev/zero of="$run/ddprobe" bs=8M count=$(((bytes + (8 << 20) - 1) >> 23)) oflag=direct conv=fdatasync status=none || return 1
+	dd if="$file" of="$run/ddprobe" bs=8M oflag=direct conv=fdatasync status=none || return 1
 	t1=$EPOCHREALTIME
 	rm -f "$run/ddprobe"
 	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f\n", b - a }'
