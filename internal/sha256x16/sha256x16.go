@@ -144,7 +144,7 @@ func sum16[H ~[Size]byte](out []H, prefix []byte, msgs [][]byte) {
 
 	// 1. The first block, when a prefix shifts the message off block boundaries.
 	if p > 0 {
-		any := false
+		started := false
 		for i, m := range msgs {
 			in[i] = nil
 			if p+len(m) >= blockSize {
@@ -152,10 +152,10 @@ func sum16[H ~[Size]byte](out []H, prefix []byte, msgs [][]byte) {
 				copy(l.first[i][p:], m)
 				in[i] = l.first[i][:]
 				blocks[i] = 1
-				any = true
+				started = true
 			}
 		}
-		if any {
+		if started {
 			l.run(in, blocks)
 		}
 	}
