@@ -15,8 +15,8 @@ import (
 	"github.com/quarrynet/quarry/internal/peertls"
 	"github.com/quarrynet/quarry/internal/poll"
 	"github.com/quarrynet/quarry/ledger"
-	ledgerv1 "github.com/quarrynet/quarry/proto/quarry/ledger/v1"
 	"github.com/quarrynet/quarry/market"
+	ledgerv1 "github.com/quarrynet/quarry/proto/quarry/ledger/v1"
 )
 
 func TestParseReplica(t *testing.T) {
