@@ -92,18 +92,6 @@ func TestCommitMatchesReference(t *testing.T) {
 	}
 }
 
-func equalHashes(a, b []Hash) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
 func TestCommitRandomSizes(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	for i := 0; i < 40; i++ {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -481,7 +482,7 @@ func TestProveLeafVerifyLeaf(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !equalHashes(path, refPiecePath(levels, int(leaf))) && len(path) > 0 {
+			if !slices.Equal(path, refPiecePath(levels, int(leaf))) && len(path) > 0 {
 				t.Fatalf("size %d leaf %d: path differs from reference", size, leaf)
 			}
 			if !VerifyLeaf(c, leaf, d, path) {

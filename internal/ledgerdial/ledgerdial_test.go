@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -70,7 +71,7 @@ func TestMembersPutsLeaderFirst(t *testing.T) {
 	for _, r := range c.Members() {
 		ids = append(ids, r.GetRaftId())
 	}
-	if want := []uint64{3, 1, 2, 4}; !equal(ids, want) {
+	if want := []uint64{3, 1, 2, 4}; !slices.Equal(ids, want) {
 		t.Fatalf("Members = %v, want %v", ids, want)
 	}
 	if c.Status.GetReplicas()[0].GetRaftId() != 4 {
@@ -81,21 +82,9 @@ func TestMembersPutsLeaderFirst(t *testing.T) {
 	for _, r := range c.Members() {
 		ids = append(ids, r.GetRaftId())
 	}
-	if want := []uint64{1, 2, 3, 4}; !equal(ids, want) {
+	if want := []uint64{1, 2, 3, 4}; !slices.Equal(ids, want) {
 		t.Fatalf("Members without a leader = %v, want %v", ids, want)
 	}
-}
-
-func equal(a, b []uint64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // testLedger is a real one-replica ledger on loopback.
