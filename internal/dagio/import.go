@@ -111,7 +111,7 @@ func (im *importer) importRegular(ctx context.Context, f *os.File, size int64) (
 		if err := unix.Fstat(int(f.Fd()), &before); err != nil {
 			return nil, err
 		}
-		n, err := importFile(ctx, im.dst, newPooledSource(f, im.p.ChunkSize), im.p, im.progress())
+		n, err := importFile(ctx, im.dst, newPooledSource(f, im.p.ChunkSize, size), im.p, im.progress())
 		if err != nil {
 			return nil, err
 		}
