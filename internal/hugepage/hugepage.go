@@ -17,8 +17,8 @@
 // the kernel uses them on first touch when THP is enabled ("always" or
 // "madvise" in /sys/kernel/mm/transparent_hugepage/enabled) and falls back
 // to small pages otherwise. Heap memory the runtime reuses was touched
-// before and keeps its small pages (khugepaged may collapse it later), so
-// the gain is for fresh memory: a CLI run, or a daemon's first imports.
+// before and is mapped with small pages; Alloc collapses it into huge
+// pages (MADV_COLLAPSE), so a daemon's later buffers gain as its first do.
 package hugepage
 
 import (
@@ -45,9 +45,21 @@ func Alloc(n int) []byte {
 		skip = Size - a
 	}
 	b = b[skip : skip+n : skip+n]
-	if whole := n &^ (Size - 1); whole > 0 {
-		// Advice only: without THP the buffer works with small pages.
-		_ = unix.Madvise(b[:whole], unix.MADV_HUGEPAGE)
-	}
+	advise(b)
 	return b
+}
+
+// advise asks for huge pages under the whole Size multiples of b, which
+// starts on a Size boundary: MADV_HUGEPAGE for pages not yet touched, and
+// MADV_COLLAPSE (Linux 6.1 and later) for memory the runtime reuses, which
+// was touched before and is mapped with small pages; the collapse copies
+// those pages into huge ones, keeping their (zeroed) contents. Both are
+// advice only: where the kernel refuses, b works with small pages.
+func advise(b []byte) {
+	whole := len(b) &^ (Size - 1)
+	if whole == 0 {
+		return
+	}
+	_ = unix.Madvise(b[:whole], unix.MADV_HUGEPAGE)
+	_ = unix.Madvise(b[:whole], unix.MADV_COLLAPSE)
 }

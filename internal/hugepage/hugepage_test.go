@@ -2,12 +2,15 @@ package hugepage
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
 	"testing"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestAllocShape(t *testing.T) {
@@ -34,22 +37,82 @@ func TestAllocShape(t *testing.T) {
 }
 
 // TestAllocUsesHugePages checks that a touched buffer is backed by huge
-// pages where the kernel offers them on madvise.
+// pages where the kernel offers them on madvise, both when the heap memory
+// is fresh and when the runtime hands out memory that was touched (so
+// mapped with small pages) before.
 func TestAllocUsesHugePages(t *testing.T) {
 	mode, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
 	if err != nil || strings.Contains(string(mode), "[never]") {
 		t.Skipf("transparent huge pages are off on this kernel (%q, %v)", strings.TrimSpace(string(mode)), err)
 	}
-	b := Alloc(4 * Size)
-	for i := 0; i < len(b); i += 4096 {
-		b[i] = 1
+	check := func(what string) {
+		t.Helper()
+		b := Alloc(4 * Size)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		kb, err := anonHugeKB(uintptr(unsafe.Pointer(&b[0])))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if kb < Size>>10 {
+			t.Fatalf("%s: the mapping holding a touched %d-byte buffer has %d kB of huge pages, want at least %d", what, len(b), kb, Size>>10)
+		}
 	}
+	check("fresh heap")
+}
+
+// TestAdviseCollapsesSmallPages checks the case of heap memory that the
+// runtime reuses: mapped with small pages before Alloc sees it, it must
+// end up in huge pages too.
+func TestAdviseCollapsesSmallPages(t *testing.T) {
+	mode, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
+	if err != nil || strings.Contains(string(mode), "[never]") {
+		t.Skipf("transparent huge pages are off on this kernel (%q, %v)", strings.TrimSpace(string(mode)), err)
+	}
+	// Memory touched under MADV_NOHUGEPAGE is mapped with small pages: the
+	// state of heap memory the runtime hands out again. It is a fresh
+	// anonymous mapping, not heap, so that no earlier huge page is reused;
+	// advise's MADV_HUGEPAGE lifts the NOHUGEPAGE advice.
+	touched := func(fill func(i int) byte) (b []byte, unmap func()) {
+		raw, err := unix.Mmap(-1, 0, 5*Size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		skip := (Size - int(uintptr(unsafe.Pointer(&raw[0]))%Size)) % Size
+		b = raw[skip : skip+4*Size]
+		if err := unix.Madvise(b, unix.MADV_NOHUGEPAGE); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = fill(i)
+		}
+		if kb, err := anonHugeKB(uintptr(unsafe.Pointer(&b[0]))); err != nil || kb != 0 {
+			t.Fatalf("setup: touched memory has %d kB of huge pages (%v), want 0", kb, err)
+		}
+		return b, func() { unix.Munmap(raw) }
+	}
+	probe, unmap := touched(func(int) byte { return 1 })
+	_ = unix.Madvise(probe, unix.MADV_HUGEPAGE)
+	err = unix.Madvise(probe, unix.MADV_COLLAPSE)
+	unmap() // before b is mapped, so that the two cannot merge
+	if errors.Is(err, unix.EINVAL) {
+		t.Skipf("no MADV_COLLAPSE on this kernel: %v", err)
+	}
+	b, unmap := touched(func(i int) byte { return byte(i / 4096) })
+	defer unmap()
+	advise(b)
 	kb, err := anonHugeKB(uintptr(unsafe.Pointer(&b[0])))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if kb < Size>>10 {
-		t.Fatalf("the mapping holding a touched %d-byte buffer has %d kB of huge pages, want at least %d", len(b), kb, Size>>10)
+	if kb < 4*Size>>10 {
+		t.Fatalf("after advise, a %d-byte buffer touched with small pages has %d kB of huge pages, want %d", len(b), kb, 4*Size>>10)
+	}
+	for i := 0; i < len(b); i += 4096 {
+		if b[i] != byte(i/4096) {
+			t.Fatalf("byte %d changed to %d in the collapse, want %d", i, b[i], byte(i/4096))
+		}
 	}
 }
 
