@@ -36,40 +36,30 @@ func TestAllocShape(t *testing.T) {
 	}
 }
 
-// TestAllocUsesHugePages checks that a touched buffer is backed by huge
-// pages where the kernel offers them on madvise, both when the heap memory
-// is fresh and when the runtime hands out memory that was touched (so
-// mapped with small pages) before.
+// TestAllocUsesHugePages checks that a touched buffer from fresh heap
+// memory is backed by huge pages where the kernel offers them on madvise.
+// Reused heap memory, mapped with small pages, is
+// TestAdviseCollapsesSmallPages's case.
 func TestAllocUsesHugePages(t *testing.T) {
-	mode, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
-	if err != nil || strings.Contains(string(mode), "[never]") {
-		t.Skipf("transparent huge pages are off on this kernel (%q, %v)", strings.TrimSpace(string(mode)), err)
+	requireTHP(t)
+	b := Alloc(4 * Size)
+	for i := 0; i < len(b); i += 4096 {
+		b[i] = 1
 	}
-	check := func(what string) {
-		t.Helper()
-		b := Alloc(4 * Size)
-		for i := 0; i < len(b); i += 4096 {
-			b[i] = 1
-		}
-		kb, err := anonHugeKB(uintptr(unsafe.Pointer(&b[0])))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if kb < Size>>10 {
-			t.Fatalf("%s: the mapping holding a touched %d-byte buffer has %d kB of huge pages, want at least %d", what, len(b), kb, Size>>10)
-		}
+	kb, err := anonHugeKB(uintptr(unsafe.Pointer(&b[0])))
+	if err != nil {
+		t.Fatal(err)
 	}
-	check("fresh heap")
+	if kb < Size>>10 {
+		t.Fatalf("the mapping holding a touched %d-byte buffer has %d kB of huge pages, want at least %d", len(b), kb, Size>>10)
+	}
 }
 
 // TestAdviseCollapsesSmallPages checks the case of heap memory that the
 // runtime reuses: mapped with small pages before Alloc sees it, it must
 // end up in huge pages too.
 func TestAdviseCollapsesSmallPages(t *testing.T) {
-	mode, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
-	if err != nil || strings.Contains(string(mode), "[never]") {
-		t.Skipf("transparent huge pages are off on this kernel (%q, %v)", strings.TrimSpace(string(mode)), err)
-	}
+	requireTHP(t)
 	// Memory touched under MADV_NOHUGEPAGE is mapped with small pages: the
 	// state of heap memory the runtime hands out again. It is a fresh
 	// anonymous mapping, not heap, so that no earlier huge page is reused;
@@ -94,7 +84,7 @@ func TestAdviseCollapsesSmallPages(t *testing.T) {
 	}
 	probe, unmap := touched(func(int) byte { return 1 })
 	_ = unix.Madvise(probe, unix.MADV_HUGEPAGE)
-	err = unix.Madvise(probe, unix.MADV_COLLAPSE)
+	err := unix.Madvise(probe, unix.MADV_COLLAPSE)
 	unmap() // before b is mapped, so that the two cannot merge
 	if errors.Is(err, unix.EINVAL) {
 		t.Skipf("no MADV_COLLAPSE on this kernel: %v", err)
@@ -113,6 +103,16 @@ func TestAdviseCollapsesSmallPages(t *testing.T) {
 		if b[i] != byte(i/4096) {
 			t.Fatalf("byte %d changed to %d in the collapse, want %d", i, b[i], byte(i/4096))
 		}
+	}
+}
+
+// requireTHP skips a test on a kernel with transparent huge pages off: an
+// environment without the feature under test, not a missing feature.
+func requireTHP(t *testing.T) {
+	t.Helper()
+	mode, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
+	if err != nil || strings.Contains(string(mode), "[never]") {
+		t.Skipf("transparent huge pages are off on this kernel (%q, %v)", strings.TrimSpace(string(mode)), err)
 	}
 }
 
